@@ -1,0 +1,1 @@
+"""kernel-study: an Optuna search for the fastest correct attention forward pass."""

@@ -1,0 +1,421 @@
+"""`python -m study.run [overrides]`: one study (or one per `-m` sweep combination).
+
+config -> worker on the device -> search space (what the device can run) -> storage and study
+(resumed when it exists, refused when the environment differs) -> sampler -> objective trials
+-> top-k re-timed in a fresh worker -> table in the terminal, run folder on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial
+from tqdm import tqdm
+
+import kernels
+from kernels import PluginError, Problem
+from study import report
+from study.config import ConfigError, expand_sweeps, load, to_container
+from study.env import device_slug, differences
+from study.objective import CandidateFailed, Objective, trial_seed
+from study.samplers import make_sampler
+from study.space import Candidate, SearchSpace, SpaceError, build_space
+from study.storage import StorageError, open_storage
+from study.worker import Worker
+
+log = logging.getLogger("study")
+USER_ERRORS = (ConfigError, SpaceError, StorageError, PluginError)
+USAGE = "usage: python -m study.run [-m] [key=value ...]   (see README.md for the override names)"
+
+
+class EnvironmentMismatch(Exception):
+    """Resuming a study measured on another device or software stack."""
+
+
+def make_run_dir(root: Path = Path("outputs/runs")) -> Path:
+    now = dt.datetime.now()
+    base = root / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir = base.with_name(f"{base.name}-{n}")
+        n += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def problem_from(cfg: Any, device: str) -> Problem:
+    p = cfg.problem
+    return Problem(
+        batch=p.batch,
+        heads_q=p.heads_q,
+        heads_kv=p.heads_kv,
+        seq_q=p.seq_q,
+        seq_kv=p.seq_kv,
+        head_dim=p.head_dim,
+        dtype=p.dtype,
+        causal=p.causal,
+        scale=p.scale,
+        device=device,
+        name=p.name,
+    )
+
+
+def default_study_name(
+    problem: Problem, env: dict[str, Any], space: SearchSpace, space_name: str
+) -> str:
+    return f"{problem.signature()}@{device_slug(env)}#{space_name}-{space.digest()}"
+
+
+def open_study(cfg: Any, space: SearchSpace, env: dict[str, Any], problem: Problem) -> optuna.Study:
+    storage = open_storage(str(cfg.storage.url), cfg.storage.heartbeat_s)
+    name = cfg.study.name or default_study_name(problem, env, space, cfg.space.name)
+    sampler = make_sampler(to_container(cfg.sampler), space, int(cfg.seed))
+    existing = {
+        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
+    if name in existing:
+        stored_env = existing[name].user_attrs.get("env", {})
+        changed = differences(stored_env, env)
+        if changed and not cfg.study.allow_env_change:
+            raise EnvironmentMismatch(
+                f"study '{name}' was measured in another environment ({'; '.join(changed)}); "
+                "pick a new study.name, or pass study.allow_env_change=true to mix them"
+            )
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+    )
+    if name not in existing:
+        study.set_user_attr("env", env)
+        study.set_user_attr("problem", problem.to_dict() | {"signature": problem.signature()})
+        study.set_user_attr(
+            "space",
+            {"name": cfg.space.name, "digest": space.digest(), "describe": space.describe()},
+        )
+        study.set_user_attr("objective", "latency_us: median candidate latency, microseconds")
+    return study
+
+
+class Progress:
+    """A tqdm bar: trials done, states, best latency and its speedup over SDPA."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, unit="trial", dynamic_ncols=True, disable=not enabled)
+        self.states = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
+        postfix = {
+            "ok": self.states["COMPLETE"],
+            "pruned": self.states["PRUNED"],
+            "fail": self.states["FAIL"],
+        }
+        best = report.measured_complete(study)
+        if best:
+            postfix["best_us"] = f"{best[0].value:.1f}"
+            postfix["speedup"] = f"{best[0].user_attrs.get('speedup', 0):.2f}x"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def retime(
+    rows: list[dict[str, Any]],
+    problem: Problem,
+    bench: dict[str, Any],
+    cfg: Any,
+    run_dir: Path,
+    seed: int,
+    plugins: list[str],
+) -> dict[int, dict[str, Any]]:
+    """Time the best candidates again in a fresh worker, with fresh inputs."""
+    worker = Worker(problem.device, plugins, run_dir / "retime.log")
+    again: dict[int, dict[str, Any]] = {}
+    try:
+        for row in rows:
+            task = {
+                "problem": problem.to_dict(),
+                "candidate": row["spec"],
+                "bench": bench,
+                "seed": trial_seed(seed + 1, row["trial"]),
+                "label": f"re-time trial {row['trial']}",
+            }
+            result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
+            result.pop("log", None)
+            again[row["trial"]] = result
+    finally:
+        worker.stop()
+    return again
+
+
+def sdpa_panel(
+    worker: Worker, problem: Problem, bench: dict[str, Any], cfg: Any, seed: int
+) -> list[dict[str, Any]]:
+    """Every SDPA backend that runs here, timed against the default dispatch, for the report."""
+    names = [n for n, v in kernels.variants().items() if "sdpa" in v.tags]
+    answers = worker.call("supports", {"problem": problem.to_dict(), "names": names}, 120)
+    rows = []
+    for name in names:
+        reason = answers.get("answers", {}).get(name)
+        if reason:
+            rows.append({"variant": name, "status": "n/a", "reason": reason})
+            continue
+        task = {
+            "problem": problem.to_dict(),
+            "candidate": Candidate(name).to_dict(),
+            "bench": bench,
+            "seed": seed,
+            "label": f"sdpa panel {name}",
+        }
+        result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
+        result.pop("log", None)
+        rows.append({"variant": name} | result)
+    return rows
+
+
+def markdown_report(
+    name: str,
+    problem: Problem,
+    env: dict[str, Any],
+    state_counts: dict[str, int],
+    rows: list[dict[str, Any]],
+    again: dict[int, dict[str, Any]],
+    panel: list[dict[str, Any]],
+    space: SearchSpace,
+    notes: list[str],
+    overrides: list[str],
+    ranking: str,
+) -> str:
+    lines = [f"# kernel-study report: {name}", ""]
+    lines += ["## Environment", ""]
+    lines += [
+        f"- {k}: {env.get(k)}"
+        for k in (
+            "device_name",
+            "device",
+            "torch",
+            "triton",
+            "cuda",
+            "cudnn",
+            "driver",
+            "python",
+            "host",
+        )
+        if env.get(k)
+    ]
+    lines += [
+        "",
+        "## Problem",
+        "",
+        f"- {problem.signature()} ({problem.name or 'custom'})",
+        f"- {problem.flops() / 1e9:.3g} GFLOP per call, "
+        f"at least {problem.min_bytes() / 1e6:.3g} MB moved",
+        "",
+    ]
+    lines += ["## Trials", "", ", ".join(f"{k}: {v}" for k, v in state_counts.items()), ""]
+    lines += ["## SDPA backends (bhsd inputs, each timed against the default dispatch)", ""]
+    lines += [
+        "| backend | latency us | IQR us | default SDPA us | ratio | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in panel:
+        if row.get("status") == "ok":
+            lines.append(
+                f"| {row['variant']} | {row['latency_us']:.1f} | {row['latency_iqr_us']:.1f} | "
+                f"{row['baseline_latency_us']:.1f} | {row['speedup']:.3f}x | ok |"
+            )
+        else:
+            why = row.get("reason") or row.get("rejected_by") or row.get("error")
+            lines.append(f"| {row['variant']} | - | - | - | - | {row.get('status')}: {why} |")
+    lines += [
+        "",
+        "## Top candidates (value: median latency; speedup: SDPA default / candidate, same trial)",
+        "",
+    ]
+    lines += [report.table(rows, again), "", ranking, ""]
+    if rows:
+        best = rows[0]
+        spec = best["spec"]
+        reproduce = ["space.variants=[" + spec["variant"] + "]"]
+        reproduce += [
+            f"space.params.{spec['variant']}.{k}=[{v}]" for k, v in spec["params"].items()
+        ]
+        reproduce += [f"space.mutations.{k}=[{v}]" for k, v in spec["mutations"].items()]
+        lines += [
+            "## Reproduce the winner",
+            "",
+            "```",
+            "python -m study.run "
+            + " ".join(overrides + reproduce + ["study.n_trials=1", "study.name=reproduce"])
+            + "```",
+            "",
+        ]
+    if notes:
+        lines += ["## Flags", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Search space", ""] + [f"- {d}" for d in space.describe()] + [""]
+    return "\n".join(lines)
+
+
+def run_one(overrides: list[str], show_progress: bool = True) -> int:
+    cfg, device = load(overrides)
+    plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
+    for path in plugins:
+        kernels.load_plugin(path)
+    problem = problem_from(cfg, device)
+    run_dir = make_run_dir()
+    bench = to_container(cfg.bench)
+    worker = Worker(device, plugins, run_dir / "worker.log")
+    try:
+        env_reply = worker.call("env", {}, 120)
+        if env_reply.get("status") != "ok":
+            raise ConfigError(f"the worker could not start on {device}: {env_reply.get('error')}")
+        env = env_reply["env"]
+
+        def ask_supports(names: list[str]) -> dict[str, str | None]:
+            reply = worker.call(
+                "supports",
+                {"problem": problem.to_dict(), "names": names},
+                float(cfg.worker.timeout_s),
+            )
+            if reply.get("status") != "ok":
+                raise SpaceError(f"checking variants on {device} failed: {reply.get('error')}")
+            return reply["answers"]
+
+        space = build_space(problem, to_container(cfg.space), kernels.variants(), ask_supports)
+        study = open_study(cfg, space, env, problem)
+        print(
+            f"study '{study.study_name}' on {env['device_name']} ({device}), "
+            f"{len(space.variants)} variants, {len(space.candidates())} distinct candidates, "
+            f"sampler {cfg.sampler.name}; storage {cfg.storage.url}",
+            file=sys.stderr,
+        )
+        for name, reason in space.excluded.items():
+            print(f"  left out {name}: {reason}", file=sys.stderr)
+        objective = Objective(
+            space,
+            worker,
+            problem,
+            bench,
+            int(cfg.seed),
+            float(cfg.worker.timeout_s),
+            extra_attrs={"device_name": env["device_name"], "host": env["host"]},
+        )
+        progress = Progress(int(cfg.study.n_trials), show_progress)
+        try:
+            study.optimize(
+                objective,
+                n_trials=int(cfg.study.n_trials),
+                timeout=cfg.study.timeout_s,
+                catch=(CandidateFailed,),
+                callbacks=[progress],
+            )
+        finally:
+            progress.close()
+        panel = sdpa_panel(worker, problem, bench, cfg, int(cfg.seed))
+    finally:
+        worker.stop()
+
+    rows = report.top_k(study, int(cfg.study.top_k))
+    again = retime(
+        rows[: int(cfg.study.retime_top_k)], problem, bench, cfg, run_dir, int(cfg.seed), plugins
+    )
+    ranking = ranking_verdict(rows, again)
+    notes = report.flags(rows, None)
+    state_counts = report.counts(study)
+    print(report.table(rows, again))
+    print(ranking)
+    for note in notes:
+        print("FLAG:", note)
+    results = {
+        "study": study.study_name,
+        "storage": str(cfg.storage.url),
+        "env": env,
+        "problem": problem.to_dict() | {"signature": problem.signature()},
+        "states": state_counts,
+        "top_k": rows,
+        "retimed": again,
+        "ranking": ranking,
+        "sdpa_backends": panel,
+        "flags": notes,
+        "space": space.describe(),
+        "trials_this_run": int(cfg.study.n_trials),
+        "overrides": overrides,
+    }
+    markdown = markdown_report(
+        study.study_name,
+        problem,
+        env,
+        state_counts,
+        rows,
+        again,
+        panel,
+        space,
+        notes,
+        overrides,
+        ranking,
+    )
+    report.write_run_folder(run_dir, results, markdown, OmegaConf.to_yaml(cfg))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]) -> str:
+    """Did the best candidates keep their order when timed again in a fresh process?"""
+    timed = [(r["trial"], again[r["trial"]]) for r in rows if r["trial"] in again]
+    if not timed:
+        return "re-timing: not run"
+    failed = [t for t, res in timed if res.get("status") != "ok"]
+    if failed:
+        return f"re-timing: trials {failed} did not pass again in a fresh worker: do not trust them"
+    order = [t for t, _ in sorted(timed, key=lambda item: item[1]["latency_us"])]
+    first = [t for t, _ in timed]
+    if order == first:
+        return f"re-timing: the ranking of the top {len(timed)} held in a fresh worker"
+    return (
+        f"re-timing: the ranking changed in a fresh worker (was {first}, now {order}); "
+        "the top candidates are within noise of each other"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    unknown_flags = [a for a in overrides if a.startswith("-")]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if unknown_flags:
+            raise ConfigError(f"unknown option {unknown_flags[0]}; {USAGE}")
+        combos = expand_sweeps(overrides) if multirun else [overrides]
+        for combo in combos:
+            load(combo)  # every combination is checked before the first study starts
+        for index, combo in enumerate(combos):
+            if multirun:
+                print(f"[{index + 1}/{len(combos)}] {' '.join(combo)}", file=sys.stderr)
+            run_one(combo)
+        return 0
+    except (*USER_ERRORS, EnvironmentMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are saved; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    started = time.time()
+    sys.exit(main())

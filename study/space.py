@@ -1,0 +1,239 @@
+"""The search space: variants x their tunables x mutations, flat and integer-encoded.
+
+Encoding (what every sampler sees): one integer dimension `variant` (index into the space's
+variant list), one integer dimension `<variant>.<param>` per tunable of every variant (index into
+its choices), and one `mut.<mutation>` per mutation. Every trial suggests every dimension, so the
+space has a fixed dimension, as CMA-ES requires.
+
+Conditional parameters: the tunables of the variants that were not chosen are inert in that
+trial. The effective candidate (variant, its own params, the mutations) is what is built and
+measured; two trials that differ only in inert dimensions have the same effective candidate and
+are measured once (the objective looks the second up). Combinations a variant declares
+meaningless (`valid`) or mutations that do not apply are left out of the enumeration (grid) and
+end PRUNED with `rejected_by=invalid_params` without running when a sampler proposes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import IntDistribution
+
+from kernels import Problem, Variant
+from study import mutations as mut
+
+log = logging.getLogger(__name__)
+
+
+class SpaceError(Exception):
+    """The space cannot be built from the config (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An effective candidate: the plain dict that is built, checked and timed."""
+
+    variant: str
+    params: dict[str, Any] = field(default_factory=dict)
+    mutations: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "params": dict(self.params),
+            "mutations": dict(self.mutations),
+        }
+
+    def key(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        return cls(data["variant"], dict(data.get("params", {})), dict(data.get("mutations", {})))
+
+    def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.params.items()]
+        parts += [f"{k}={v}" for k, v in self.mutations.items() if v != mut.default_value(k)]
+        return self.variant + (f"({', '.join(parts)})" if parts else "")
+
+
+@dataclass
+class SearchSpace:
+    problem: Problem
+    variants: list[Variant]
+    choices: dict[str, dict[str, list[Any]]]
+    mutations: dict[str, list[Any]]
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    # -- encoding -------------------------------------------------------------------------
+    def distributions(self) -> dict[str, IntDistribution]:
+        dims = {"variant": IntDistribution(0, len(self.variants) - 1)}
+        for variant in self.variants:
+            for param, values in self.choices[variant.name].items():
+                dims[f"{variant.name}.{param}"] = IntDistribution(0, len(values) - 1)
+        for name, values in self.mutations.items():
+            dims[f"mut.{name}"] = IntDistribution(0, len(values) - 1)
+        return dims
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, int]:
+        return {
+            name: trial.suggest_int(name, dist.low, dist.high)
+            for name, dist in self.distributions().items()
+        }
+
+    def decode(self, encoded: dict[str, int]) -> Candidate:
+        variant = self.variants[int(encoded["variant"])]
+        params = {
+            p: values[int(encoded[f"{variant.name}.{p}"])]
+            for p, values in self.choices[variant.name].items()
+        }
+        muts = {m: values[int(encoded[f"mut.{m}"])] for m, values in self.mutations.items()}
+        return Candidate(variant.name, params, muts)
+
+    def encode(self, candidate: Candidate) -> dict[str, int]:
+        """The flat encoding of a candidate; inert dimensions at 0."""
+        encoded = {name: 0 for name in self.distributions()}
+        names = [v.name for v in self.variants]
+        encoded["variant"] = names.index(candidate.variant)
+        for p, value in candidate.params.items():
+            encoded[f"{candidate.variant}.{p}"] = self.choices[candidate.variant][p].index(value)
+        for m, value in candidate.mutations.items():
+            encoded[f"mut.{m}"] = self.mutations[m].index(value)
+        return encoded
+
+    # -- validity and enumeration -----------------------------------------------------------
+    def invalid_reason(self, candidate: Candidate) -> str | None:
+        variant = next(v for v in self.variants if v.name == candidate.variant)
+        reason = variant.valid(self.problem, candidate.params)
+        if reason:
+            return reason
+        for name, value in candidate.mutations.items():
+            reason = mut.make(name, self.mutations[name]).supports(self.problem, value)
+            if reason:
+                return reason
+        return None
+
+    def candidates(self) -> list[Candidate]:
+        """Every distinct valid effective candidate (what an exhaustive search measures)."""
+        found = []
+        mut_names = list(self.mutations)
+        mut_combos = list(itertools.product(*(self.mutations[m] for m in mut_names)))
+        for variant in self.variants:
+            names = list(self.choices[variant.name])
+            for values in itertools.product(*(self.choices[variant.name][p] for p in names)):
+                params = dict(zip(names, values, strict=True))
+                if variant.valid(self.problem, params):
+                    continue
+                for combo in mut_combos:
+                    cand = Candidate(variant.name, params, dict(zip(mut_names, combo, strict=True)))
+                    if self.invalid_reason(cand) is None:
+                        found.append(cand)
+        return found
+
+    def digest(self) -> str:
+        """Short hash of the encoding: a study is tied to one space."""
+        blob = json.dumps(
+            {
+                "variants": [v.name for v in self.variants],
+                "choices": self.choices,
+                "mutations": self.mutations,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+    def describe(self) -> list[str]:
+        lines = []
+        for v in self.variants:
+            tunables = ", ".join(f"{p}={vals}" for p, vals in self.choices[v.name].items())
+            lines.append(f"{v.name}: {tunables or '(no tunables)'}")
+        for m, vals in self.mutations.items():
+            lines.append(f"mutation {m}: {vals}")
+        for name, reason in self.excluded.items():
+            lines.append(f"left out {name}: {reason}")
+        return lines
+
+
+def build_space(
+    problem: Problem,
+    space_cfg: dict[str, Any],
+    registry: dict[str, Variant],
+    supports: Callable[[list[str]], dict[str, str | None]],
+) -> SearchSpace:
+    """Select variants and mutations from the config and keep those that can run the problem.
+
+    `supports(names)` answers, per variant name, None or why it cannot run the problem; the
+    caller asks the worker on the real device, so that the answer is the device's.
+    """
+    wanted = list(space_cfg.get("variants") or [])
+    unknown = [n for n in wanted + list(space_cfg.get("exclude") or []) if n not in registry]
+    if unknown:
+        raise SpaceError(
+            f"unknown variant(s) {', '.join(unknown)}; registered: {', '.join(sorted(registry))}"
+        )
+    tags = set(space_cfg.get("tags") or [])
+    names = wanted or [n for n, v in registry.items() if not tags or tags & set(v.tags)]
+    names = [n for n in names if n not in set(space_cfg.get("exclude") or [])]
+    if not wanted:
+        dropped_tags = set(space_cfg.get("exclude_tags") or [])
+        names = [n for n in names if not dropped_tags & set(registry[n].tags)]
+    overrides = dict(space_cfg.get("params") or {})
+    for vname, params in overrides.items():
+        if vname not in registry:
+            raise SpaceError(f"space.params names unknown variant {vname!r}")
+        for p, values in dict(params).items():
+            if p not in registry[vname].params:
+                raise SpaceError(
+                    f"space.params.{vname}.{p}: {vname} has params {sorted(registry[vname].params)}"
+                )
+            if not isinstance(values, list | tuple) or not values:
+                raise SpaceError(f"space.params.{vname}.{p} must be a non-empty list")
+
+    excluded: dict[str, str] = {}
+    answers = supports(names) if names else {}
+    kept: list[Variant] = []
+    choices: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        reason = answers.get(name)
+        if reason:
+            excluded[name] = reason
+            continue
+        variant = registry[name]
+        params = {
+            p: list(overrides.get(name, {}).get(p, vals)) for p, vals in variant.params.items()
+        }
+        combos = itertools.product(*params.values())
+        if params and not any(
+            variant.valid(problem, dict(zip(params, c, strict=True))) is None for c in combos
+        ):
+            excluded[name] = "no valid parameter combination for this problem"
+            continue
+        kept.append(variant)
+        choices[name] = params
+
+    muts: dict[str, list[Any]] = {}
+    for name, values in dict(space_cfg.get("mutations") or {}).items():
+        try:
+            mutation = mut.make(name, list(values))
+        except KeyError as exc:
+            raise SpaceError(str(exc).strip("'\"")) from None
+        applicable = [v for v in values if mutation.supports(problem, v) is None]
+        dropped = [v for v in values if v not in applicable]
+        if dropped:
+            excluded[f"mutation {name}={dropped}"] = mutation.supports(problem, dropped[0]) or ""
+        if applicable:
+            muts[name] = applicable
+    for name, reason in excluded.items():
+        log.info("left out %s: %s", name, reason)
+    if not kept:
+        detail = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no variant selected"
+        raise SpaceError(f"no variant can run this problem on this device ({detail})")
+    return SearchSpace(problem, kept, choices, muts, excluded)

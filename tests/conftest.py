@@ -1,0 +1,65 @@
+"""Shared test helpers: real subprocesses, real SQLite files, fresh random inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+HAS_GPU = torch.cuda.is_available()
+
+# A CPU problem small enough that a study of a few trials takes seconds.
+TINY = [
+    "problem=small_cpu",
+    "problem.heads_q=2",
+    "problem.heads_kv=2",
+    "problem.seq_q=64",
+    "problem.seq_kv=64",
+    "problem.head_dim=32",
+    "bench=quick",
+    "study.retime_top_k=2",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_study(cwd: Path, *overrides: str, timeout: float = 300, module: str = "study.run"):
+    """`python -m study.run ...` in `cwd` (its own outputs/ and SQLite file)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def load_only_study(cwd: Path) -> optuna.Study:
+    url = f"sqlite:///{cwd / 'outputs' / 'studies.db'}"
+    summaries = optuna.get_all_study_summaries(url)
+    assert len(summaries) == 1, [s.study_name for s in summaries]
+    return optuna.load_study(study_name=summaries[0].study_name, storage=url)
+
+
+@pytest.fixture
+def fresh_seed(request: pytest.FixtureRequest) -> int:
+    """A different seed per test run: inputs are fresh, failures print the seed to reproduce."""
+    seed = int.from_bytes(os.urandom(4), "little") % (2**31)
+    print(f"seed={seed}")
+    return seed
