@@ -61,8 +61,10 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         with applied.context():
             return run(q, k, v)
 
-    def baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def plain_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return sdpa_call(problem, q, k, v)
+
+    baseline = applied.wrap_baseline(plain_baseline)
 
     try:
         report = gate.run_gate(

@@ -42,6 +42,10 @@ class Mutation:
     def wrap(self, run: Runner, value: Any, problem: Problem) -> Runner:
         return run
 
+    def wrap_baseline(self, baseline: Runner, value: Any, problem: Problem) -> Runner:
+        """How the SDPA baseline of the same trial runs (e.g. also replayed from a CUDA graph)."""
+        return baseline
+
     @contextlib.contextmanager
     def context(self, value: Any, problem: Problem) -> Iterator[None]:
         yield
@@ -133,6 +137,11 @@ class Applied:
         for mutation, value in self.items:
             run = mutation.wrap(run, value, self.problem)
         return run
+
+    def wrap_baseline(self, baseline: Runner) -> Runner:
+        for mutation, value in self.items:
+            baseline = mutation.wrap_baseline(baseline, value, self.problem)
+        return baseline
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
