@@ -1,27 +1,53 @@
 """The correctness gate: a candidate is timed only after it computes attention, honestly.
 
-Per trial: several fresh random input sets (a new seed per trial, several distributions, never
-zeros), the float64 plain-math reference, and a FlashAttention-style bound: the candidate's
+Per trial: fresh random input sets (a new seed per trial, one set per distribution at least,
+never zeros), the float64 plain-math reference, and a FlashAttention-style bound: the candidate's
 largest error may be at most twice that of a same-dtype plain PyTorch implementation, plus a tiny
-atol. Exact shape, dtype and device; NaN/Inf only where the reference has them; inputs unchanged;
-the memory an output could be carved from poisoned first; global state (SDPA flags, TF32, matmul
-precision, threads, default dtype, determinism) unchanged; earlier outputs unchanged by later
-calls. A rejection names its check (`rejected_by`).
+atol. Checks, each named in `rejected_by` when it fails:
+
+- `type` (a plain tensor, no subclass: lazy tensors computed when read), `shape`, `dtype`,
+  `device`, `stride` (no zero or overlapping strides: a broadcast output that hides a wrong shape);
+- `nan` (NaN/Inf exactly where the reference has them), `tolerance` (the bound above);
+- `inputs_modified` (q, k, v unchanged), `output_aliased` (an output sharing memory with an input
+  or with another call's output);
+- `output_late` (the output read right when the call returned differs from the same output read
+  later: work finished on a side thread or stream), `output_changed` (earlier outputs changed by
+  later calls or by time), `cached_output` (the same buffers, refilled in place with new values,
+  give the old answer: outputs cached by data pointer, id or shape);
+- `global_state` (SDPA backend flags, TF32, matmul precision, threads, default dtype and device,
+  determinism, denormals, torch function/dispatch modes: restored, then rejected);
+- `timer_patched`, `baseline_patched`, `harness_patched` (a clock, the SDPA baseline, or the
+  checker itself replaced: restored, then rejected).
+
+Memory an output could be carved from (the plain implementation's output, just freed) is
+poisoned with NaN before the candidate runs, so that returning uninitialised memory never passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+import kernels
+import kernels._reference
+import kernels.sdpa
 from kernels import Problem, plain_attention, reference_attention
+from study import timing
 
-DISTRIBUTIONS = ("normal", "uniform", "peaked", "offset")
+# normal, uniform, peaked and offset as before; tail: large values in the last key/value rows
+# (dropped tail keys or missing tail masking show); large: scores far beyond exp's range
+# (missing max-subtraction overflows to NaN/Inf).
+DISTRIBUTIONS = ("normal", "uniform", "peaked", "offset", "tail", "large")
 ATOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-6, torch.float64: 1e-9}
+LATE_DELAY_S = 0.05  # how long the gate waits before reading outputs again
 
 
 class Rejected(Exception):
@@ -49,7 +75,10 @@ def make_inputs(
 
     normal: N(0,1). uniform: U(-1,1) (where "mean of V" cheats thrive under loose bounds).
     peaked: large q/k so that softmax is nearly one-hot. offset: keys with a shared offset and
-    values far from zero mean (where missing max-subtraction and dropped keys show).
+    values far from zero mean (where missing max-subtraction and dropped keys show). tail: the
+    last eighth of the keys (at least one) carry values far from the rest and keys the queries
+    like, so that a kernel that drops or masks out the tail block is far off. large: q and k so
+    large that exp() of raw scores overflows.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -64,15 +93,46 @@ def make_inputs(
     elif distribution == "offset":
         k = k + 2.0
         v = v * 2.0 + 3.0
+    elif distribution == "tail":
+        tail = max(1, problem.seq_kv // 8)
+        v[:, :, -tail:] += 8.0
+        # make the tail keys attractive: align them with the mean query direction
+        direction = q.mean(dim=(1, 2), keepdim=True)  # (B,1,1,D)
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        k[:, :, -tail:] += 2.0 * direction
+    elif distribution == "large":
+        q, k = q * 12.0, k * 12.0
     elif distribution != "normal":
         raise ValueError(f"unknown distribution {distribution!r}")
+    # never exact zeros (a zero input hides a candidate that ignores it)
+    q, k, v = (torch.where(t == 0, torch.full_like(t, 1e-3), t) for t in (q, k, v))
     return tuple(t.to(problem.dtype).to(problem.device) for t in (q, k, v))  # type: ignore[return-value]
 
 
 # -- global state guard -----------------------------------------------------------------------
+def _flush_denormal_on() -> bool:
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    return bool(float(tiny * torch.tensor([1.0])) == 0.0)
+
+
+def _mode_depths() -> tuple[int, int]:
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return len(_get_current_function_mode_stack()), len(_get_current_dispatch_mode_stack())
+
+
+def _pop_modes(depths: tuple[int, int]) -> None:
+    while _mode_depths()[0] > depths[0]:
+        torch._C._pop_torch_function_stack()
+    while _mode_depths()[1] > depths[1]:
+        torch._C._pop_torch_dispatch_stack()
+
+
 def _state_items() -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
     items: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
         "num_threads": (torch.get_num_threads, torch.set_num_threads),
+        "num_interop_threads": (torch.get_num_interop_threads, lambda n: None),
         "default_dtype": (torch.get_default_dtype, torch.set_default_dtype),
         "float32_matmul_precision": (
             torch.get_float32_matmul_precision,
@@ -83,31 +143,42 @@ def _state_items() -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
             lambda on: torch.use_deterministic_algorithms(on),
         ),
         "grad_enabled": (torch.is_grad_enabled, torch.set_grad_enabled),
+        "flush_denormal": (_flush_denormal_on, torch.set_flush_denormal),
+        "mkldnn_enabled": (
+            lambda: torch.backends.mkldnn.enabled,
+            lambda on: setattr(torch.backends.mkldnn, "enabled", on),
+        ),
+        "modes": (_mode_depths, _pop_modes),
     }
+    if hasattr(torch, "get_default_device"):
+        items["default_device"] = (torch.get_default_device, torch.set_default_device)
     cuda = torch.backends.cuda
     for flag in ("flash", "mem_efficient", "math", "cudnn"):
         getter = getattr(cuda, f"{flag}_sdp_enabled", None)
         setter = getattr(cuda, f"enable_{flag}_sdp", None)
         if getter and setter:
             items[f"sdp_{flag}"] = (getter, setter)
-    items["cuda_matmul_tf32"] = (
-        lambda: torch.backends.cuda.matmul.allow_tf32,
-        lambda on: setattr(torch.backends.cuda.matmul, "allow_tf32", on),
-    )
-    items["cuda_fp16_reduced_precision"] = (
-        lambda: torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
-        lambda on: setattr(
-            torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction", on
-        ),
-    )
-    items["cudnn_tf32"] = (
-        lambda: torch.backends.cudnn.allow_tf32,
-        lambda on: setattr(torch.backends.cudnn, "allow_tf32", on),
-    )
-    items["cudnn_benchmark"] = (
-        lambda: torch.backends.cudnn.benchmark,
-        lambda on: setattr(torch.backends.cudnn, "benchmark", on),
-    )
+    if hasattr(cuda, "fp16_bf16_reduction_math_sdp_allowed"):
+        items["sdp_math_reduced_precision"] = (
+            cuda.fp16_bf16_reduction_math_sdp_allowed,
+            cuda.allow_fp16_bf16_reduction_math_sdp,
+        )
+    matmul = torch.backends.cuda.matmul
+    for name in (
+        "allow_tf32",
+        "allow_fp16_reduced_precision_reduction",
+        "allow_bf16_reduced_precision_reduction",
+    ):
+        if hasattr(matmul, name):
+            items[f"cuda_matmul_{name}"] = (
+                lambda name=name: getattr(torch.backends.cuda.matmul, name),
+                lambda on, name=name: setattr(torch.backends.cuda.matmul, name, on),
+            )
+    for name in ("allow_tf32", "benchmark", "deterministic", "enabled"):
+        items[f"cudnn_{name}"] = (
+            lambda name=name: getattr(torch.backends.cudnn, name),
+            lambda on, name=name: setattr(torch.backends.cudnn, name, on),
+        )
     return items
 
 
@@ -123,20 +194,107 @@ def restore_state(saved: dict[str, Any]) -> list[str]:
         get, put = items[name]
         if get() != value:
             changed.append(name)
-            put(value)
+            with contextlib.suppress(Exception):  # restore what can be, report it all
+                put(value)
     return changed
+
+
+# -- patch guard: clocks, the baseline and the checker hold private references ------------------
+def _guarded() -> dict[str, list[tuple[Any, str]]]:
+    cuda_event = torch.cuda.Event
+    return {
+        "timer_patched": [
+            *((time, n) for n in ("perf_counter_ns", "perf_counter", "monotonic", "monotonic_ns")),
+            *((time, n) for n in ("time", "time_ns", "process_time_ns", "sleep")),
+            (torch.cuda, "Event"),
+            (torch.cuda, "synchronize"),
+            (torch.cuda, "current_stream"),
+            *((cuda_event, n) for n in ("record", "elapsed_time", "synchronize", "query")),
+            *((timing, n) for n in ("_perf_counter_ns", "_perf_counter", "_monotonic_ns")),
+            *((timing, n) for n in ("_CudaEvent", "_cuda_synchronize", "measure_pair", "Stats")),
+            (timing.Timer, "time_call"),
+            (timing.Stats, "of"),
+        ],
+        "baseline_patched": [
+            (F, "scaled_dot_product_attention"),
+            (torch._C._nn, "scaled_dot_product_attention"),
+            (kernels.sdpa, "sdpa_call"),
+            (kernels.sdpa, "F"),
+            (torch.nn.attention, "sdpa_kernel"),
+        ],
+        "harness_patched": [
+            (kernels, "reference_attention"),
+            (kernels, "plain_attention"),
+            (kernels._reference, "reference_attention"),
+            (kernels._reference, "plain_attention"),
+            (torch, "equal"),
+            (torch, "isfinite"),
+            (torch, "isnan"),
+            (torch.Tensor, "to"),
+            (torch.Tensor, "clone"),
+            (torch.Tensor, "abs"),
+            (torch.Tensor, "max"),
+            *(
+                (sys.modules[__name__], n)
+                for n in ("check_output", "check_values", "run_gate", "make_inputs", "Rejected")
+            ),
+            *(
+                (sys.modules[__name__], n)
+                for n in ("check_guards", "snapshot_state", "restore_state", "_state_items")
+            ),
+        ],
+    }
+
+
+def _lookup(owner: Any, name: str) -> Any:
+    return inspect.getattr_static(owner, name, None)
+
+
+_ORIGINALS: dict[str, list[tuple[Any, str, Any]]] = {}
+
+
+def capture_originals() -> None:
+    """Remember the objects the guard protects (called at import, before any plugin loads)."""
+    _ORIGINALS.clear()
+    for check, entries in _guarded().items():
+        _ORIGINALS[check] = [(owner, name, _lookup(owner, name)) for owner, name in entries]
+
+
+def restore_patches() -> dict[str, list[str]]:
+    """Put every replaced attribute back; return {check: [names]} of what had been replaced."""
+    found: dict[str, list[str]] = {}
+    for check, entries in _ORIGINALS.items():
+        for owner, name, original in entries:
+            if _lookup(owner, name) is not original:
+                found.setdefault(check, []).append(f"{getattr(owner, '__name__', owner)}.{name}")
+                setattr(owner, name, original)
+    return found
+
+
+def check_guards(state: dict[str, Any]) -> None:
+    """Raise Rejected (after restoring) if a guarded attribute or the global state changed."""
+    patched = restore_patches()
+    changed = restore_state(state)
+    for check in ("timer_patched", "baseline_patched", "harness_patched"):
+        if check in patched:
+            raise Rejected(check, f"replaced {', '.join(patched[check])} (restored)")
+    if changed:
+        raise Rejected("global_state", f"changed {', '.join(changed)} (restored)")
 
 
 # -- checks -----------------------------------------------------------------------------------
 def poison_free_memory(problem: Problem, nbytes: int) -> None:
-    """Fill soon-to-be-reused memory with NaN and free it: stale memory cannot pass for output."""
-    count = max(nbytes // 4, 1)
-    if problem.is_cuda:
-        junk = torch.full((count,), float("nan"), device=problem.device)
-        del junk
-    else:
-        junk = torch.full((count,), float("nan"))
-        del junk
+    """Fill soon-to-be-reused memory with NaN and free it: stale memory cannot pass for output.
+
+    Several blocks: one of exactly the output's size and dtype (the allocator hands the freed
+    plain output's block to the next request of that size) and a larger raw one.
+    """
+    device = problem.device if problem.is_cuda else "cpu"
+    junk = [
+        torch.full(problem.q_shape(), float("nan"), dtype=problem.dtype, device=device),
+        torch.full((max(nbytes // 4, 1),), float("nan"), device=device),
+    ]
+    del junk
 
 
 def synchronize(problem: Problem) -> None:
@@ -144,30 +302,159 @@ def synchronize(problem: Problem) -> None:
         torch.cuda.synchronize(problem.device)
 
 
+def _dense_non_overlapping(t: torch.Tensor) -> bool:
+    """True when the elements cover a block of memory once each (any order of dimensions)."""
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def check_output(
-    problem: Problem, out: Any, ref: torch.Tensor, plain_err: float
+    problem: Problem,
+    out: Any,
+    ref: torch.Tensor,
+    plain_err: float,
+    values: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """Shape, dtype, device, NaN agreement and the error bound; returns (max_err, bound)."""
+    """Type, shape, dtype, device, strides of `out`; NaN agreement and the error bound of
+    `values` (default: `out`; the gate passes the snapshot taken when the call returned).
+
+    Returns (max_err, bound).
+    """
     if not isinstance(out, torch.Tensor):
         raise Rejected("type", f"returned {type(out).__name__}, not a tensor")
+    if type(out) is not torch.Tensor:
+        raise Rejected("type", f"returned a {type(out).__name__} subclass, not a plain tensor")
     if tuple(out.shape) != problem.q_shape():
         raise Rejected("shape", f"shape {tuple(out.shape)} != {problem.q_shape()}")
     if out.dtype != problem.dtype:
         raise Rejected("dtype", f"dtype {out.dtype} != {problem.dtype}")
     if out.device != torch.device(problem.device):
         raise Rejected("device", f"device {out.device} != {problem.device}")
-    if type(out) is not torch.Tensor:
-        raise Rejected("type", f"returned a {type(out).__name__} subclass, not a plain tensor")
+    if out.requires_grad:
+        raise Rejected("type", "the output requires grad (an autograd graph rides along)")
+    if not _dense_non_overlapping(out):
+        raise Rejected("stride", f"strides {out.stride()} overlap or leave holes (broadcast?)")
+    return check_values(problem, out if values is None else values, ref, plain_err)
+
+
+def check_values(
+    problem: Problem, out: torch.Tensor, ref: torch.Tensor, plain_err: float
+) -> tuple[float, float]:
+    """NaN/Inf agreement and the error bound; returns (max_err, bound)."""
     out64 = out.detach().to(torch.float64)
     ref_finite = torch.isfinite(ref)
     if not torch.equal(torch.isfinite(out64), ref_finite):
         bad = int((torch.isfinite(out64) != ref_finite).sum())
         raise Rejected("nan", f"{bad} elements are NaN/Inf where the reference is not (or back)")
-    err = float((out64 - ref).abs().max()) if out.numel() else 0.0
+    finite = ref_finite
+    diff = (out64 - ref).abs()[finite] if not bool(finite.all()) else (out64 - ref).abs()
+    err = float(diff.max()) if diff.numel() else 0.0
     bound = 2.0 * plain_err + ATOL[problem.dtype]
     if not err <= bound:
         raise Rejected("tolerance", f"max error {err:.3e} > bound {bound:.3e} (2x plain + atol)")
     return err, bound
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal, NaN counting as equal to NaN."""
+    return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+def reference_for(
+    problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """The float64 reference and the error of the same-dtype plain implementation against it."""
+    ref = reference_attention(q, k, v, problem.causal, problem.scale)
+    plain = plain_attention(q, k, v, problem.causal, problem.scale)
+    finite = torch.isfinite(ref)
+    diff = (plain.to(torch.float64) - ref).abs()
+    diff = diff[finite & torch.isfinite(diff)]
+    plain_err = float(diff.max()) if diff.numel() else 0.0
+    del plain, diff
+    return ref, plain_err
+
+
+class _Call:
+    """One gated call: inputs, their copies, the reference, the output and its early snapshot."""
+
+    def __init__(self, problem: Problem, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.inputs = tensors
+        self.originals = [t.clone() for t in tensors]
+        self.ref, self.plain_err = reference_for(problem, *tensors)
+        self.out: Any = None
+        self.early: torch.Tensor | None = None
+
+
+def _call(
+    problem: Problem, run: Callable[..., Any], call: _Call, out_bytes: int, checked: GateReport
+) -> None:
+    """Run the candidate once on `call`'s inputs and check everything that can be checked now."""
+    poison_free_memory(problem, out_bytes)
+    state = snapshot_state()
+    out = run(*call.inputs)
+    # Read the output the moment the call returns (stream-ordered on a GPU): a result still
+    # being written by a side thread or stream differs from what it holds later.
+    early = out.detach().clone() if isinstance(out, torch.Tensor) else None
+    call.out, call.early = out, early
+    synchronize(problem)
+    check_guards(state)
+    for name, before, after in zip("qkv", call.originals, call.inputs, strict=True):
+        if not torch.equal(before, after):
+            raise Rejected("inputs_modified", f"{name} was written to")
+    try:
+        err, bound = check_output(problem, out, call.ref, call.plain_err, values=early)
+    except Rejected as rejected:
+        if rejected.check not in ("nan", "tolerance"):
+            raise
+        time.sleep(LATE_DELAY_S)
+        synchronize(problem)
+        try:
+            check_values(problem, out, call.ref, call.plain_err)
+        except Rejected:
+            raise rejected from None
+        raise Rejected(
+            "output_late",
+            f"wrong when the call returned ({rejected.detail}), right later: side thread/stream",
+        ) from None
+    in_ptrs = {_storage_ptr(t) for t in call.inputs}
+    if _storage_ptr(out) in in_ptrs:
+        raise Rejected("output_aliased", "the output shares memory with an input")
+    scale = float(call.ref[torch.isfinite(call.ref)].abs().max()) or 1.0
+    checked.max_err = max(checked.max_err, err)
+    checked.bound = max(checked.bound, bound)
+    checked.rel_err = max(checked.rel_err, err / scale)
+    checked.sets += 1
+
+
+def _gated(
+    problem: Problem,
+    run: Callable[..., Any],
+    call: _Call,
+    out_bytes: int,
+    checked: GateReport,
+    earlier: list[_Call],
+) -> None:
+    """`_call`, naming a wrong answer that repeats an earlier call's output `cached_output`."""
+    try:
+        _call(problem, run, call, out_bytes, checked)
+    except Rejected as rejected:
+        if rejected.check in ("tolerance", "nan") and call.early is not None:
+            for number, other in enumerate(earlier):
+                if other.early is not None and _same_values(other.early, call.early):
+                    raise Rejected(
+                        "cached_output",
+                        f"returned the output of check {number} again for new inputs",
+                    ) from None
+        raise
 
 
 def run_gate(
@@ -177,46 +464,57 @@ def run_gate(
     seed: int,
     sets: int,
 ) -> GateReport:
-    """Run every check on `sets` fresh input sets; raise Rejected on the first failure."""
+    """Run every check on max(`sets`, one per distribution) fresh input sets.
+
+    Then: the first set's buffers are refilled in place with new values and run again (a cache
+    keyed by address, id or shape answers with the old output), and after a delay every output
+    is read again (late work, outputs overwritten by later calls). Raises Rejected on the first
+    failure.
+    """
     report = GateReport()
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (returned tensor, copy of it)
+    calls: list[_Call] = []
     out_bytes = torch.finfo(problem.dtype).bits // 8 * int(torch.Size(problem.q_shape()).numel())
-    for index in range(sets):
+    count = max(int(sets), len(DISTRIBUTIONS))
+    for index in range(count):
         distribution = DISTRIBUTIONS[index % len(DISTRIBUTIONS)]
-        q, k, v = prepare(make_inputs(problem, seed * 1009 + index, distribution))
-        originals = [t.clone() for t in (q, k, v)]
-        ref = reference_attention(q, k, v, problem.causal, problem.scale)
-        plain = plain_attention(q, k, v, problem.causal, problem.scale)
-        plain_err = float((plain.to(torch.float64) - ref).abs().max())
-        del plain
-        poison_free_memory(problem, out_bytes)
-        state = snapshot_state()
-        out = run(q, k, v)
-        synchronize(problem)
-        changed = restore_state(state)
-        if changed:
-            raise Rejected("global_state", f"changed {', '.join(changed)} (restored)")
-        for name, before, after in zip("qkv", originals, (q, k, v), strict=True):
-            if not torch.equal(before, after):
-                raise Rejected("inputs_modified", f"{name} was written to")
-        err, bound = check_output(problem, out, ref, plain_err)
-        scale = float(ref.abs().max()) or 1.0
-        report.max_err = max(report.max_err, err)
-        report.bound = max(report.bound, bound)
-        report.rel_err = max(report.rel_err, err / scale)
-        report.sets += 1
+        call = _Call(problem, prepare(make_inputs(problem, seed * 1009 + index, distribution)))
+        _gated(problem, run, call, out_bytes, report, calls)
         report.distributions.append(distribution)
-        kept.append((out, out.detach().clone()))
-    # Work finished late, outputs cached by address or shape, or aliased across calls: the first
-    # results must still hold what they held once later calls have run and time has passed.
-    time.sleep(0.01)
+        calls.append(call)
+
+    # The same buffers, new values written in place.
+    first = calls[0]
+    fresh = prepare(make_inputs(problem, seed * 1009 + count + 1, "normal"))
+    with torch.no_grad():
+        for buffer, values in zip(first.inputs, fresh, strict=True):
+            buffer.copy_(values)
+    again = _Call(problem, first.inputs)
+    try:
+        _gated(problem, run, again, out_bytes, report, calls)
+    except Rejected as rejected:
+        if rejected.check in ("tolerance", "nan"):
+            raise Rejected(
+                "cached_output",
+                f"same buffers refilled in place with new values: {rejected.detail}",
+            ) from None
+        raise
+    calls.append(again)
+
+    # Work finished late, outputs cached by address or shape, or aliased across calls: every
+    # result must still hold what it held when its call returned, after later calls and a delay.
+    time.sleep(LATE_DELAY_S)
     synchronize(problem)
-    for number, (returned, copy) in enumerate(kept):
-        if not torch.equal(returned, copy) and not (
-            torch.isnan(returned).any() and torch.equal(returned.isnan(), copy.isnan())
-        ):
-            raise Rejected("output_changed", f"output of check {number} changed after later calls")
-    ptrs = [returned.data_ptr() for returned, _ in kept]
+    ptrs = [_storage_ptr(call.out) for call in calls]
     if len(set(ptrs)) < len(ptrs):
         raise Rejected("output_aliased", "two calls returned the same memory")
+    for number, call in enumerate(calls):
+        assert isinstance(call.out, torch.Tensor) and call.early is not None
+        if not _same_values(call.out.detach(), call.early):
+            raise Rejected(
+                "output_changed",
+                f"output of check {number} changed after its call returned (later calls, time)",
+            )
     return report
+
+
+capture_originals()  # last: every guarded function of this module exists by now

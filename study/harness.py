@@ -3,6 +3,16 @@
 Runs in the worker process only. Returns a plain dict (it crosses a pipe):
 status "ok" (checked and timed), "rejected" (ran, not correct: `rejected_by`) or "error"
 (could not be built or run: `error`, one line).
+
+The guards of study/gate.py run after the build, after every gated call and after every timed
+call: a candidate that patches a clock, the baseline or the checker, or changes global state,
+is restored and rejected before the baseline runs next. The baseline calls SDPA through a
+private reference taken at import, so a patched `F.scaled_dot_product_attention` cannot slow it.
+Timed calls are spot-checked: the repetitions in `SPOT_REPS` refill its input buffer in place
+with new values first, and the candidate's output of that timed call (and of one later call on
+an unchanged buffer) must match the reference
+(`rejected_by: timed_output`); a candidate that behaves in the gate and cheats once timed (a
+cache by address, all the work batched into one call, a side thread) is caught there.
 """
 
 from __future__ import annotations
@@ -15,9 +25,98 @@ import torch
 
 import kernels
 from kernels import Problem
-from kernels.sdpa import sdpa_call
 from study import gate, timing
 from study.mutations import Applied
+
+# Private reference to the SDPA baseline, taken before any plugin is imported.
+_SDPA = torch._C._nn.scaled_dot_product_attention
+SPOT_REPS = (0, 4, 8, 16, 32, 64, 128, 256, 512)  # refilled and checked (and 2 reps later)
+SPOT_KEEP = 4  # spot-checked timed outputs kept to be read again at the end
+
+
+def _refill_rep(rep: int) -> bool:
+    return rep in SPOT_REPS
+
+
+def baseline_call(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
+    """Default SDPA on the problem's mask and scale (what kernels.sdpa.sdpa_call does)."""
+    return _SDPA(q, k, v, is_causal=problem.causal, scale=problem.scale, enable_gqa=problem.gqa)
+
+
+class SpotCheck:
+    """`before_rep`/`on_output` hooks for timing.measure_pair (see the module docstring)."""
+
+    def __init__(self, problem: Problem, buffers: list[tuple], applied: Applied, seed: int) -> None:
+        self.problem = problem
+        self.buffers = buffers
+        self.applied = applied
+        self.seed = seed
+        self.state = gate.snapshot_state()
+        self.pending: tuple[int, torch.Tensor, float] | None = None
+        self.refs: dict[int, tuple[torch.Tensor, float]] = {}
+        self.gen = torch.Generator(device=problem.device).manual_seed(seed + 12_345)
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.checked = 0
+
+    def before_rep(self, rep: int, index: int) -> None:
+        """At SPOT_REPS: refill this buffer in place and check the output (rep 0, 4, 8, 16,
+        ...); two reps later, check again without a refill (rep 2, 6, 10, 18...): a candidate that
+        answers honestly only when it sees its inputs change is caught on the unchanged ones.
+        The other reps refill with fresh normal values, unchecked."""
+        phase = 0 if _refill_rep(rep) else 2 if rep >= 2 and _refill_rep(rep - 2) else 1
+        if phase == 0:
+            distribution = "tail" if SPOT_REPS.index(rep) % 2 else "normal"
+            fresh = self.applied.prepare_inputs(
+                gate.make_inputs(self.problem, self.seed * 7919 + 50_000 + rep, distribution)
+            )
+            with torch.no_grad():
+                for buffer, values in zip(self.buffers[index], fresh, strict=True):
+                    buffer.copy_(values)
+            self.refs[index] = gate.reference_for(self.problem, *self.buffers[index])
+        elif phase != 2:
+            # new values in every other repetition as well: a candidate that memoises by value
+            # (hashes its inputs, returns the stored answer) gains nothing while timed
+            with torch.no_grad():
+                for buffer in self.buffers[index]:
+                    fresh_values = torch.randn(
+                        buffer.shape, generator=self.gen, device=buffer.device
+                    )
+                    buffer.copy_(fresh_values)
+            self.refs.pop(index, None)
+            self.pending = None
+            return
+        if index not in self.refs:
+            self.refs[index] = gate.reference_for(self.problem, *self.buffers[index])
+        ref, plain_err = self.refs[index]
+        self.pending = (rep, ref, plain_err)
+
+    def on_output(self, index: int, out: Any) -> None:
+        early = out.detach().clone() if isinstance(out, torch.Tensor) else None
+        gate.check_guards(self.state)
+        if self.pending is None:
+            return
+        rep, ref, plain_err = self.pending
+        self.pending = None
+        try:
+            gate.check_output(self.problem, out, ref, plain_err, values=early)
+        except gate.Rejected as rejected:
+            raise gate.Rejected(
+                "timed_output", f"timed repetition {rep}: {rejected.check}: {rejected.detail}"
+            ) from None
+        assert early is not None
+        self.checked += 1
+        self.kept = (self.kept + [(out, early, rep)])[-SPOT_KEEP:]
+
+    def finish(self) -> None:
+        """Read the kept timed outputs again after a delay: late or overwritten work."""
+        time.sleep(gate.LATE_DELAY_S)
+        gate.synchronize(self.problem)
+        gate.check_guards(self.state)
+        for out, early, rep in self.kept:
+            if not gate._same_values(out.detach(), early):
+                raise gate.Rejected(
+                    "timed_output", f"timed repetition {rep}: output changed after it returned"
+                )
 
 
 def one_line(exc: BaseException) -> str:
@@ -46,6 +145,10 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     variant = registry[spec["variant"]]
     applied = Applied(spec.get("mutations", {}), problem)
     torch.manual_seed(seed)
+    leftover = gate.restore_patches()  # e.g. a plugin that patched at import time
+    if leftover:
+        result["note"] = f"restored before the build: {leftover}"
+    state = gate.snapshot_state()
     try:
         started = time.perf_counter()
         with applied.context():
@@ -53,8 +156,17 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         result["build_s"] = round(time.perf_counter() - started, 4)
         run = applied.wrap(built)
     except Exception as exc:
+        gate.restore_patches()
+        gate.restore_state(state)
         result["error"] = f"build failed: {one_line(exc)}"
         result["traceback"] = traceback.format_exc(limit=6)
+        return result
+    try:
+        gate.check_guards(state)
+    except gate.Rejected as rejected:
+        result.update(
+            status="rejected", rejected_by=rejected.check, detail=f"in build: {rejected.detail}"
+        )
         return result
 
     def run_in_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
@@ -62,7 +174,7 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
             return run(q, k, v)
 
     def plain_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return sdpa_call(problem, q, k, v)
+        return baseline_call(problem, q, k, v)
 
     baseline = applied.wrap_baseline(plain_baseline)
 
@@ -74,17 +186,37 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
         return result
     except Exception as exc:
+        gate.restore_patches()
+        gate.restore_state(state)
         result["error"] = f"run failed: {one_line(exc)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
 
     try:
         buffers = _timing_buffers(problem, applied, seed, int(bench["buffers"]))
-        cand, base = timing.measure_pair(problem, run_in_context, baseline, buffers, bench)
+        spot = SpotCheck(problem, buffers, applied, seed)
+        pair = timing.measure_pair(
+            problem,
+            run_in_context,
+            baseline,
+            buffers,
+            bench,
+            on_output=spot.on_output,
+            before_rep=spot.before_rep,
+        )
+        spot.finish()
+    except gate.Rejected as rejected:
+        gate.restore_patches()
+        gate.restore_state(state)
+        result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
+        return result
     except Exception as exc:
+        gate.restore_patches()
+        gate.restore_state(state)
         result["error"] = f"timing failed: {one_line(exc)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
+    cand, base = pair.candidate, pair.baseline
 
     result.update(
         status="ok",
@@ -94,7 +226,10 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         reps=cand.reps,
         baseline_latency_us=base.median_us,
         baseline_latency_iqr_us=base.iqr_us,
-        speedup=base.median_us / cand.median_us,
+        speedup=pair.speedup,
+        paired_speedup=pair.paired_speedup,
+        spot_checks=spot.checked,
+        gate_sets=report.sets,
         tflops=problem.flops() / (cand.median_us * 1e-6) / 1e12,
         rel_err=report.rel_err,
         max_err=report.max_err,

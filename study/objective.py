@@ -35,6 +35,9 @@ RESULT_ATTRS = (
     "build_s",
     "reps",
     "wall_s",
+    "paired_speedup",
+    "spot_checks",
+    "gate_sets",
 )
 
 
@@ -99,7 +102,13 @@ class Objective:
             "seed": seed,
             "label": f"trial {trial.number}: {candidate.label()}",
         }
-        result = self.worker.call("evaluate", task, self.timeout_s)
+        try:
+            result = self.worker.call("evaluate", task, self.timeout_s)
+        except KeyboardInterrupt:
+            # Optuna marks the trial FAIL and re-raises; say why in the record.
+            trial.set_user_attr("error", "interrupted: the study was stopped (SIGINT) mid-trial")
+            trial.set_user_attr("measured", False)
+            raise
         return self._record(trial, candidate, result)
 
     def _measured_before(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:

@@ -2,8 +2,13 @@
 
 GPU: CUDA events around each call, the L2 cache flushed (a 256 MiB write) before each repetition
 unless `bench.cache=hot`. CPU: `perf_counter_ns` around each call. Both: warm-up calls, inputs
-rotated among several buffers, the order of the pair alternated, repetitions until the relative
-IQR of both sides is under `target_spread` or a time cap; median and IQR kept.
+rotated among several buffers, the order of the pair alternated (drift and warm-cache effects hit
+both sides equally), repetitions until the relative IQR of both sides is under `target_spread` or
+a time cap; median and IQR kept, and the per-repetition ratio baseline/candidate of each pair.
+
+The clocks are private references taken when this module is imported, before any candidate or
+plugin code runs: a candidate that replaces `time.perf_counter_ns` or `torch.cuda.Event` does not
+change what is measured, and the gate's guard (study/gate.py) notices the replacement.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ import torch
 from kernels import Problem
 
 FLUSH_BYTES = 256 * 1024 * 1024
+
+# Private references, captured at import (the worker imports this before any plugin).
+_perf_counter_ns = time.perf_counter_ns
+_perf_counter = time.perf_counter
+_monotonic_ns = time.monotonic_ns
+_CudaEvent = torch.cuda.Event
+_cuda_synchronize = torch.cuda.synchronize
 
 
 @dataclass
@@ -61,22 +73,50 @@ class Timer:
         """Microseconds of one call, and its result."""
         self.flush()
         if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+            start = _CudaEvent(enable_timing=True)
+            end = _CudaEvent(enable_timing=True)
             start.record()
             out = fn(*args)
             end.record()
             end.synchronize()
             return start.elapsed_time(end) * 1e3, out
-        t0 = time.perf_counter_ns()
+        t0 = _perf_counter_ns()
         out = fn(*args)
-        t1 = time.perf_counter_ns()
+        t1 = _perf_counter_ns()
         return (t1 - t0) / 1e3, out
 
 
 def cold_cache(bench: dict[str, Any], problem: Problem) -> bool:
     mode = bench.get("cache", "auto")
     return mode == "cold" or (mode == "auto" and problem.is_cuda)
+
+
+@dataclass
+class Pair:
+    """Both sides of a paired measurement.
+
+    `speedup` is the ratio of the medians, baseline median / candidate median (the contract's
+    `speedup` = `baseline_latency_us / latency_us`); `paired_speedup` is the median of the
+    per-repetition ratios baseline/candidate of calls made back to back on the same buffer,
+    which cancels slow drift (clocks, thermals, neighbours) that a ratio of medians does not.
+    The two agree when the machine is steady; a gap between them is itself a warning.
+    """
+
+    candidate: Stats
+    baseline: Stats
+    ratios: list[float]
+    wall_s: float
+
+    def __iter__(self) -> Any:  # `cand, base = measure_pair(...)` keeps working
+        return iter((self.candidate, self.baseline))
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline.median_us / self.candidate.median_us
+
+    @property
+    def paired_speedup(self) -> float:
+        return float(np.median(self.ratios)) if self.ratios else float("nan")
 
 
 def measure_pair(
@@ -86,11 +126,15 @@ def measure_pair(
     buffers: list[tuple[torch.Tensor, ...]],
     bench: dict[str, Any],
     on_output: Callable[[int, Any], None] | None = None,
-) -> tuple[Stats, Stats]:
-    """Interleave candidate and baseline calls; return (candidate, baseline) statistics.
+    before_rep: Callable[[int, int], None] | None = None,
+) -> Pair:
+    """Interleave candidate and baseline calls; return both sides' statistics.
 
-    `on_output(buffer_index, out)` sees the candidate's output of every timed call, so that the
-    caller can spot-check what was timed.
+    `on_output(buffer_index, out)` sees the candidate's output of every timed call right after
+    it returned (outside the timed region), so that the caller can spot-check what was timed and
+    check that nothing global changed before the baseline runs next. `before_rep(rep, index)`
+    runs before each repetition (outside the timed region), e.g. to refill the buffer in place.
+    Warm-up calls run on every buffer first.
     """
     timer = Timer(problem, cold_cache(bench, problem))
     for _ in range(int(bench["warmup"])):
@@ -98,15 +142,20 @@ def measure_pair(
             candidate(*args)
             baseline(*args)
     if problem.is_cuda:
-        torch.cuda.synchronize(problem.device)
+        _cuda_synchronize(problem.device)
     cand_us: list[float] = []
     base_us: list[float] = []
     min_reps, max_reps = int(bench["min_reps"]), int(bench["max_reps"])
     target, cap = float(bench["target_spread"]), float(bench["time_cap_s"])
-    started = time.perf_counter()
+    started = _perf_counter()
+    hooks_s = 0.0  # time spent in the caller's hooks does not count against the cap
     rep = 0
     while rep < max_reps:
         index = rep % len(buffers)
+        if before_rep is not None:
+            hook_started = _perf_counter()
+            before_rep(rep, index)
+            hooks_s += _perf_counter() - hook_started
         args = buffers[index]
         order = (0, 1) if rep % 2 == 0 else (1, 0)
         for side in order:
@@ -114,7 +163,9 @@ def measure_pair(
                 us, out = timer.time_call(candidate, args)
                 cand_us.append(us)
                 if on_output is not None:
+                    hook_started = _perf_counter()
                     on_output(index, out)
+                    hooks_s += _perf_counter() - hook_started
                 del out
             else:
                 us, out = timer.time_call(baseline, args)
@@ -122,8 +173,9 @@ def measure_pair(
                 del out
         rep += 1
         if rep >= min_reps:
-            if time.perf_counter() - started > cap:
+            if _perf_counter() - started - hooks_s > cap:
                 break
             if Stats.of(cand_us).spread < target and Stats.of(base_us).spread < target:
                 break
-    return Stats.of(cand_us), Stats.of(base_us)
+    ratios = [b / c for b, c in zip(base_us, cand_us, strict=True) if c > 0]
+    return Pair(Stats.of(cand_us), Stats.of(base_us), ratios, _perf_counter() - started)

@@ -4,6 +4,12 @@ A candidate that segfaults, aborts, hangs or poisons its CUDA context costs one 
 waits on the pipe and on the process at once, kills the worker on timeout, reports why it died,
 and starts a fresh one for the next trial. The worker's stdout/stderr go to a log file, so that a
 noisy candidate cannot scribble over the progress bar, and each result carries its own log lines.
+
+The worker ignores SIGINT (Ctrl-C reaches the whole process group; the study process decides and
+kills the worker), exits by itself when its parent is gone (a SIGKILLed study leaves no orphan
+computing on), and on the CPU runs under an address-space limit (`worker.memory_limit_gb`,
+default 75% of RAM), so that a memory blow-up fails one trial with an allocation error instead of
+taking the machine down.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -32,8 +39,65 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _serve(conn: Connection, device: str, plugins: list[str], log_path: str) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the study process is gone, even if it was SIGKILLed (no cleanup ran there).
+
+    A daemon thread polls the parent pid. (Not PR_SET_PDEATHSIG: it fires when the *thread*
+    that spawned us ends, and workers may be started from short-lived threads.)
+    """
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _limit_memory(limit_gb: float | None) -> None:
+    """Cap the worker's address space, so that a runaway candidate fails alone (CPU only)."""
+    if not limit_gb or limit_gb <= 0:
+        return
+    try:
+        import resource
+
+        limit = int(limit_gb * 1024**3)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        print(f"memory limit not set: {exc}", flush=True)
+
+
+def default_memory_limit_gb(device: str) -> float | None:
+    """`worker.memory_limit_gb` unset: 75% of RAM on the CPU; none on a GPU (CUDA reserves
+    huge virtual ranges, so an address-space limit would break it)."""
+    if not device.startswith("cpu"):
+        return None
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return round(pages * size * 0.75 / 1024**3, 1)
+
+
+def _serve(
+    conn: Connection,
+    device: str,
+    plugins: list[str],
+    log_path: str,
+    parent_pid: int | None = None,
+    memory_limit_gb: float | None = None,
+) -> None:
     """Worker main loop (runs in the spawned process)."""
+    # Ctrl-C in a terminal reaches the whole process group: the study decides, not the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
@@ -47,6 +111,7 @@ def _serve(conn: Connection, device: str, plugins: list[str], log_path: str) -> 
 
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+    _limit_memory(memory_limit_gb)  # after the imports: they map large libraries
     for path in plugins:
         kernels.load_plugin(path)
     while True:
@@ -88,8 +153,18 @@ def _serve(conn: Connection, device: str, plugins: list[str], log_path: str) -> 
 class Worker:
     """A replaceable worker process bound to one device."""
 
-    def __init__(self, device: str, plugins: list[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        device: str,
+        plugins: list[str],
+        log_path: Path,
+        memory_limit_gb: float | None = None,
+    ) -> None:
+        """`memory_limit_gb`: None picks `default_memory_limit_gb(device)`; 0 means no limit."""
         self.device = device
+        self.memory_limit_gb = (
+            default_memory_limit_gb(device) if memory_limit_gb is None else memory_limit_gb
+        )
         self.plugins = [str(Path(p).resolve()) for p in plugins]
         self.log_path = Path(log_path)
         self.process: mp.process.BaseProcess | None = None
@@ -102,7 +177,14 @@ class Worker:
         parent, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_serve,
-            args=(child, self.device, self.plugins, str(self.log_path)),
+            args=(
+                child,
+                self.device,
+                self.plugins,
+                str(self.log_path),
+                os.getpid(),
+                self.memory_limit_gb,
+            ),
             daemon=True,
             name=f"kernel-study-worker-{self.device}",
         )
