@@ -1,11 +1,17 @@
 """What a study found: the top-k table, the re-timing verdict, and the run folder's files.
 
+Also report.md (`markdown_report`), the dashboard note (`note_markdown`), which backend SDPA's
+default dispatch picked (`sdpa_default_pick`, by torch profiler) and the reproduce command.
 Every figure written here comes from a trial or a re-timing of this study; nothing is typed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +129,317 @@ def write_run_folder(
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(markdown)
     (run_dir / "config.yaml").write_text(config_yaml)
+
+
+# -- which backend SDPA's default dispatch picked ----------------------------------------------
+# The ATen op the dispatcher called names the backend, on the CPU and on a GPU alike; on a GPU
+# the device kernels it launched are recorded beside it (their names change between releases).
+SDPA_OPS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash",
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_attention_math_for_mps": "math",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
+}
+# Checked in order: cuDNN's fused kernels contain "flash" in their names too.
+KERNEL_HINTS = (
+    ("cudnn", "cudnn"),
+    ("sdpa", "cudnn"),
+    ("pytorch_flash", "flash"),
+    ("flash_fwd", "flash"),
+    ("memeff", "efficient"),
+    ("fmha_cutlass", "efficient"),
+    ("attentionkernel", "efficient"),
+)
+
+
+def backend_from_kernels(kernel_names: list[str]) -> str | None:
+    for name in kernel_names:
+        low = name.lower()
+        for hint, backend in KERNEL_HINTS:
+            if hint in low:
+                return backend
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Silence this process's stdout/stderr file descriptors (the profiler's C++ chatter)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def profile_default_sdpa(problem_dict: dict[str, Any]) -> dict[str, Any]:
+    """Run SDPA's default dispatch under torch.profiler on the problem's device."""
+    with _quiet_fds():
+        return _profile_default_sdpa(problem_dict)
+
+
+def _profile_default_sdpa(problem_dict: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels import Problem
+    from kernels.sdpa import sdpa_call
+
+    problem = Problem.from_dict(problem_dict)
+    if problem.is_cuda:
+        torch.cuda.set_device(torch.device(problem.device))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(problem.q_shape(), generator=gen, dtype=torch.float32)
+    k = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
+    v = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
+    q, k, v = (t.to(device=problem.device, dtype=problem.dtype) for t in (q, k, v))
+    for _ in range(2):  # warm-up: lazy initialisation must not show in the profile
+        sdpa_call(problem, q, k, v)
+    activities = [ProfilerActivity.CPU]
+    if problem.is_cuda:
+        torch.cuda.synchronize()
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        sdpa_call(problem, q, k, v)
+        if problem.is_cuda:
+            torch.cuda.synchronize()
+    ops, kernels_seen = [], []
+    for event in prof.key_averages():
+        if event.key in SDPA_OPS:
+            ops.append(event.key)
+        elif problem.is_cuda and str(event.device_type).endswith("CUDA"):
+            device_us = getattr(event, "device_time_total", None)
+            if device_us is None:
+                device_us = getattr(event, "cuda_time_total", 0.0)
+            kernels_seen.append((float(device_us or 0.0), event.key))
+    kernels_seen.sort(reverse=True)
+    kernel_names = [name for _, name in kernels_seen[:5]]
+    backend = SDPA_OPS[ops[0]] if ops else backend_from_kernels(kernel_names)
+    return {
+        "backend": backend,
+        "ops": ops,
+        "kernels": kernel_names,
+        "torch": torch.__version__,
+    }
+
+
+def sdpa_default_pick(problem: Any, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Which backend the default dispatch picked, by profiler.
+
+    On the CPU in this process (the dispatch depends on the problem only, and a fresh process
+    costs seconds); on a GPU in a fresh spawned process, so that this one never holds a CUDA
+    context.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        if not problem.is_cuda:
+            return profile_default_sdpa(problem.to_dict())
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(profile_default_sdpa, problem.to_dict()).result(timeout=timeout_s)
+    except Exception as exc:
+        return {"backend": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def closest_by_timing(panel: list[dict[str, Any]]) -> str | None:
+    """The explicit backend whose latency is nearest the default's in the same panel rows."""
+    import math
+
+    timed = [
+        r
+        for r in panel
+        if r.get("status") == "ok" and r.get("speedup") and r["variant"].startswith("sdpa_")
+    ]
+    if not timed:
+        return None
+    best = min(timed, key=lambda r: abs(math.log(r["speedup"])))
+    return best["variant"].removeprefix("sdpa_")
+
+
+# -- report.md ---------------------------------------------------------------------------------
+ENV_KEYS = (
+    "device_name",
+    "device",
+    "capability",
+    "sm_count",
+    "memory_gib",
+    "driver",
+    "torch",
+    "triton",
+    "cuda",
+    "cudnn",
+    "cpu",
+    "cpu_count",
+    "torch_threads",
+    "python",
+    "host",
+)
+
+
+def environment_lines(env: dict[str, Any]) -> list[str]:
+    return [f"- {k}: {env.get(k)}" for k in ENV_KEYS if env.get(k) not in (None, "")]
+
+
+def reproduce_overrides(
+    overrides: list[str], spec: dict[str, Any], problem_name: str, signature: str
+) -> list[str]:
+    """The run's overrides, pinned to the winner's spec, for one trial in a new study.
+
+    Keys the pinning sets are dropped from the run's overrides (a Hydra override list must not
+    set one key twice); `++` adds a `space.params` entry whether or not the space has one.
+    """
+    pinned = ("space.variants", "space.params", "space.mutations", "study.", "sampler")
+    keep = [
+        o
+        for o in overrides
+        if not o.lstrip("+~").split("=", 1)[0].startswith(pinned) and not o.startswith("-")
+    ]
+    if not any(o.split("=", 1)[0] == "problem" for o in keep) and problem_name:
+        keep.insert(0, f"problem={problem_name}")
+    pins = [f"space.variants=[{spec['variant']}]"]
+    pins += [f"++space.params.{spec['variant']}.{k}=[{v}]" for k, v in spec["params"].items()]
+    pins += [f"space.mutations.{k}=[{v}]" for k, v in spec["mutations"].items()]
+    pins += ["sampler=random", "study.n_trials=1", f"study.name=reproduce-{signature}"]
+    return keep + pins
+
+
+def markdown_report(
+    name: str,
+    problem: Any,
+    env: dict[str, Any],
+    state_counts: dict[str, int],
+    rows: list[dict[str, Any]],
+    again: dict[int, dict[str, Any]],
+    panel: list[dict[str, Any]],
+    space_lines: list[str],
+    notes: list[str],
+    overrides: list[str],
+    ranking: str,
+    default_pick: dict[str, Any] | None = None,
+    figures: dict[str, Any] | None = None,
+    trials_this_run: int | None = None,
+) -> str:
+    """report.md: every figure in it was measured in this study or this run."""
+    import shlex
+
+    lines = [f"# kernel-study report: {name}", ""]
+    lines += ["## Environment", ""] + environment_lines(env) + [""]
+    lines += [
+        "## Problem",
+        "",
+        f"- {problem.signature()} ({problem.name or 'custom'}): q {problem.q_shape()}, "
+        f"k/v {problem.kv_shape()}, {str(problem.dtype).removeprefix('torch.')}, "
+        f"causal={problem.causal}, scale={problem.scale:.6g}",
+        f"- {problem.flops() / 1e9:.3g} GFLOP per call (4*B*Hq*Sq*Skv*D, halved if causal), "
+        f"at least {problem.min_bytes() / 1e6:.3g} MB moved (Q, K, V, O once)",
+        "",
+    ]
+    run_note = f" ({trials_this_run} added by this run)" if trials_this_run else ""
+    lines += ["## Trials", "", "In the study" + run_note + ": "]
+    lines[-1] += ", ".join(f"{k}: {v}" for k, v in state_counts.items())
+    lines += ["", "## SDPA backends (bhsd inputs, each timed against the default dispatch)", ""]
+    lines += [
+        "| backend | latency us | IQR us | default SDPA us | default / backend | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in panel:
+        if row.get("status") == "ok":
+            lines.append(
+                f"| {row['variant']} | {row['latency_us']:.1f} | {row['latency_iqr_us']:.1f} | "
+                f"{row['baseline_latency_us']:.1f} | {row['speedup']:.3f}x | ok |"
+            )
+        else:
+            why = row.get("reason") or row.get("rejected_by") or row.get("error")
+            lines.append(f"| {row['variant']} | - | - | - | - | {row.get('status')}: {why} |")
+    lines.append("")
+    pick = default_pick or {}
+    if pick.get("backend"):
+        evidence = ", ".join(pick.get("ops", []) + pick.get("kernels", [])[:3])
+        lines.append(
+            f"Default dispatch picked: **{pick['backend']}** (torch profiler: {evidence})."
+        )
+    elif pick:
+        lines.append(f"Default dispatch: not identified by the profiler ({pick.get('error')}).")
+    near = closest_by_timing(panel)
+    if near:
+        lines.append(f"Nearest explicit backend by latency in the table above: {near}.")
+    lines += [
+        "",
+        "## Top candidates (value: median latency; speedup: SDPA default / candidate, same trial)",
+        "",
+        table(rows, again),
+        "",
+        ranking,
+        "",
+    ]
+    if rows:
+        spec = rows[0]["spec"]
+        args = reproduce_overrides(overrides, spec, problem.name, problem.signature())
+        lines += [
+            "## Reproduce the winner",
+            "",
+            f"Winner: trial {rows[0]['trial']}, `{json.dumps(spec, sort_keys=True)}`. "
+            "This measures that one candidate in a new study:",
+            "",
+            "```",
+            shlex.join(["python", "-m", "study.run", *args]),
+            "```",
+            "",
+        ]
+    figures = figures or {}
+    if figures.get("files") or figures.get("skipped"):
+        lines += ["## Figures", ""]
+        for file in figures.get("files", []):
+            if file.endswith(".png"):
+                lines.append(f"![{file}]({file})")
+            else:
+                lines.append(f"- interactive: [{file}]({file})")
+        for file, why in figures.get("skipped", {}).items():
+            lines.append(f"- {file} not drawn: {why}")
+        lines.append("")
+    if notes:
+        lines += ["## Flags", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Search space", ""] + [f"- {d}" for d in space_lines] + [""]
+    return "\n".join(lines)
+
+
+def note_markdown(
+    name: str,
+    env: dict[str, Any],
+    state_counts: dict[str, int],
+    rows: list[dict[str, Any]],
+    again: dict[int, dict[str, Any]],
+    ranking: str,
+    run_dir: Any,
+    default_pick: dict[str, Any] | None = None,
+) -> str:
+    """The dashboard note of a study: the summary table and the environment, as of the last run."""
+    pick = (default_pick or {}).get("backend")
+    lines = [
+        f"## {name}",
+        "",
+        "Value: median latency (us). Speedup: SDPA default / candidate, same trial.",
+        "",
+        table(rows, again),
+        "",
+        ranking,
+        "",
+        "Trials: " + ", ".join(f"{k}: {v}" for k, v in state_counts.items()),
+        "",
+    ]
+    if pick:
+        lines += [f"SDPA default dispatch picked: {pick}", ""]
+    lines += ["### Environment", ""] + environment_lines(env)
+    lines += ["", f"Last run folder: `{run_dir}`", ""]
+    return "\n".join(lines)
