@@ -1,42 +1,98 @@
-"""Samplers over the flat integer space: Optuna's where they fit, a candidate grid of our own.
+"""Samplers over the flat integer space (live `SearchSpace` or replay `ReplaySpace`).
 
-- cmaes (default): CMA-ES with margin (integer-aware), TPE for whatever CMA-ES cannot sample,
-  per-trial independent-sampling warnings off. Pruned (incorrect) trials are left out of its
-  generations, so incorrect candidates do not steer the search.
-- tpe: multivariate TPE with a constant liar for concurrent workers.
-- random: uniform over the encoding.
+Both spaces offer the same small interface: `distributions()` (name -> IntDistribution of
+indices), `candidates()` (every distinct valid effective candidate), `encode`/`decode` between
+the two, `invalid_reason(candidate)` and `candidate.key()` (identity of the effective
+candidate). The samplers use it to handle known configurations deliberately:
+
+- An effective candidate is measured once per study (the live objective copies an earlier
+  verdict; replay counts distinct configurations). Proposing a configuration whose result is
+  already known (or pending in another worker) would spend a trial and teach nothing, so the
+  ask/tell samplers below (cmaes, catcma, ga) and the wrapped ones (tpe, random) never hand such
+  a proposal to a trial: the optimiser is told the known value at once, for free, and asked
+  again. Incorrect (PRUNED), failed (FAIL) and invalid proposals are told a penalty worse than
+  every correct value (rank-based optimisers only see the order), so they push the search
+  away. When an optimiser keeps proposing known points (it has converged), the trial gets a
+  uniformly drawn unmeasured candidate and the optimiser restarts with a new seed.
+- cmaes (default): CMA-ES with margin (`cmaes.CMAwM`) over the integer indices, every
+  dimension an integer with step 1, initial mean at the centre and standard deviation a quarter
+  of each dimension's range.
+- catcma: `cmaes.CatCMAwM`: categorical dimensions (the variant, layouts, flags, any dimension
+  with two values or non-numeric values) as categorical distributions, ordered ones (tile
+  sizes, chunk sizes, thread counts) as integers with margin.
+- ga: a genetic algorithm of our own: population, tournament selection, uniform crossover,
+  per-gene mutation (random value, or one step for ordered dimensions), elitism (the best of
+  parents and children survive), generations; the first generation is drawn uniformly from the
+  distinct candidates.
+- tpe: Optuna's multivariate TPE, asked again when it proposes a known configuration.
+- random: uniform over the distinct candidates not measured yet (sampling without replacement),
+  which is the random-search baseline of the comparison.
 - grid: every distinct valid effective candidate exactly once, shuffled by the seed; the study
-  stops when all are measured. Optuna's GridSampler would walk the product of every dimension,
-  inert ones included, which is far larger than the set of distinct candidates.
-- ga: a genetic algorithm, Optuna's NSGA-II with one objective: a population per generation,
-  elitist selection (the best of parents and children survive), uniform crossover and per-gene
-  mutation. We use it rather than our own GA because it is well kept, handles integer genes,
-  constraints and concurrent workers, and its generations show in the dashboard.
+  stops when all are measured.
+- cmaes_optuna, nsga2: Optuna's CmaEsSampler (with margin, TPE for what it cannot sample) and
+  NSGA-II with one objective, kept as baselines: they re-propose known configurations.
+
+State (the optimiser's distribution, the population) lives in the sampler object: a study
+resumed in a new process starts a fresh optimiser, but still never re-proposes a configuration
+already measured in the study.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from study.space import SearchSpace
+SAMPLERS = ("cmaes", "catcma", "ga", "tpe", "random", "grid", "cmaes_optuna", "nsga2")
+GRID_KEY = "grid_key"
+TPE_ASKS = 4  # proposals of a wrapped sampler (TPE) tried before an unmeasured one is drawn
+FREE_GENERATIONS = 2  # generations of known proposals told for free before a restart
 
-SAMPLERS = ("cmaes", "tpe", "random", "grid", "ga")
+
+# -- helpers over the space ---------------------------------------------------------------------
+def dimension_values(space: Any) -> dict[str, list[Any]]:
+    """The values behind each integer index (for deciding what is categorical)."""
+    if hasattr(space, "dimension_values"):
+        return space.dimension_values()
+    values: dict[str, list[Any]] = {"variant": [v.name for v in space.variants]}
+    for variant in space.variants:
+        for param, choices in space.choices[variant.name].items():
+            values[f"{variant.name}.{param}"] = list(choices)
+    for name, choices in space.mutations.items():
+        values[f"mut.{name}"] = list(choices)
+    return values
 
 
+def is_categorical(name: str, values: list[Any]) -> bool:
+    if name == "variant" or len(values) == 2:
+        return True
+    return any(isinstance(v, bool) or not isinstance(v, int | float) for v in values)
+
+
+def encoding_key(space: Any, encoded: dict[str, int]) -> tuple[str, bool]:
+    """(key of the effective candidate, whether it is valid)."""
+    candidate = space.decode(encoded)
+    return candidate.key(), space.invalid_reason(candidate) is None
+
+
+# -- the grid ------------------------------------------------------------------------------------
 class CandidateGridSampler(BaseSampler):
     """Exhaustive search over distinct effective candidates, in a seeded random order."""
 
-    def __init__(self, space: SearchSpace, seed: int | None = None) -> None:
+    def __init__(self, space: Any, seed: int | None = None) -> None:
         self._space = space
         self._order = [space.encode(c) for c in space.candidates()]
         random.Random(seed).shuffle(self._order)
+        self._keys = [space.decode(e).key() for e in self._order]
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     @property
@@ -57,15 +113,15 @@ class CandidateGridSampler(BaseSampler):
         for other in study.get_trials(deepcopy=False):
             if other.number == trial.number:
                 continue
-            spec = other.user_attrs.get("spec_key") or other.system_attrs.get("grid_key")
+            spec = other.user_attrs.get("spec_key") or other.system_attrs.get(GRID_KEY)
             if spec:
                 seen.add(spec)
-        left = [e for e in self._order if self._space.decode(e).key() not in seen]
+        left = [i for i, k in enumerate(self._keys) if k not in seen]
         if len(left) <= 1:
             study.stop()  # this trial takes the last candidate (or repeats one): no more after it
-        chosen = left[0] if left else self._order[0]
-        key = self._space.decode(chosen).key()
-        study._storage.set_trial_system_attr(trial._trial_id, "grid_key", key)
+        index = left[0] if left else 0
+        chosen, key = self._order[index], self._keys[index]
+        study._storage.set_trial_system_attr(trial._trial_id, GRID_KEY, key)
         return dict(chosen)
 
     def sample_independent(
@@ -78,33 +134,428 @@ class CandidateGridSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
 
-def make_sampler(sampler_cfg: dict[str, Any], space: SearchSpace, seed: int) -> BaseSampler:
+# -- ask/tell optimisers over index vectors ------------------------------------------------------
+class _Optimizer:
+    """ask() -> (encoding dict, token); tell([(token, value)]) once per population."""
+
+    population_size: int
+
+    def ask(self) -> tuple[dict[str, int], Any]:
+        raise NotImplementedError
+
+    def tell(self, results: list[tuple[Any, float]]) -> None:
+        raise NotImplementedError
+
+
+class _CMAwM(_Optimizer):
+    def __init__(self, dims: dict[str, int], seed: int, popsize: int | None) -> None:
+        from cmaes import CMAwM
+
+        self.fixed = {n: 0 for n, size in dims.items() if size <= 1}
+        self.names = [n for n, size in dims.items() if size > 1]
+        sizes = np.array([dims[n] for n in self.names], dtype=float)
+        bounds = np.stack([-0.5 * np.ones_like(sizes), sizes - 0.5], axis=1)
+        spread = np.maximum(sizes / 4.0, 0.5)
+        self.opt = CMAwM(
+            mean=(sizes - 1) / 2.0,
+            sigma=1.0,
+            bounds=bounds,
+            steps=np.ones_like(sizes),
+            cov=np.diag(spread**2),
+            seed=seed,
+            population_size=popsize,
+        )
+        self.population_size = self.opt.population_size
+
+    def ask(self) -> tuple[dict[str, int], Any]:
+        x_eval, x_tell = self.opt.ask()
+        enc = {n: int(round(float(v))) for n, v in zip(self.names, x_eval, strict=True)}
+        return enc | self.fixed, x_tell
+
+    def tell(self, results: list[tuple[Any, float]]) -> None:
+        self.opt.tell(results)
+
+
+class _CatCMAwM(_Optimizer):
+    def __init__(
+        self, dims: dict[str, int], values: dict[str, list[Any]], seed: int, popsize: int | None
+    ) -> None:
+        from cmaes import CatCMAwM
+
+        self.fixed = {n: 0 for n, size in dims.items() if size <= 1}
+        live = [n for n, size in dims.items() if size > 1]
+        self.cat = [n for n in live if is_categorical(n, values.get(n, list(range(dims[n]))))]
+        self.ints = [n for n in live if n not in self.cat]
+        self.opt = CatCMAwM(
+            z_space=[list(range(dims[n])) for n in self.ints] or None,
+            c_space=[dims[n] for n in self.cat] or None,
+            population_size=popsize,
+            seed=seed,
+        )
+        self.population_size = self.opt.population_size
+
+    def ask(self) -> tuple[dict[str, int], Any]:
+        sol = self.opt.ask()
+        enc = dict(self.fixed)
+        if self.ints:
+            enc |= {n: int(round(float(v))) for n, v in zip(self.ints, sol.z, strict=True)}
+        if self.cat:
+            enc |= {n: int(np.argmax(row)) for n, row in zip(self.cat, sol.c, strict=True)}
+        return enc, sol
+
+    def tell(self, results: list[tuple[Any, float]]) -> None:
+        self.opt.tell(list(results))
+
+
+class _GA(_Optimizer):
+    """Generational GA with elitism over index vectors."""
+
+    def __init__(
+        self,
+        dims: dict[str, int],
+        values: dict[str, list[Any]],
+        seed: int,
+        population_size: int | None,
+        mutation_prob: float | None,
+        crossover_prob: float | None,
+        first: Callable[[], dict[str, int]],
+    ) -> None:
+        self.dims = dims
+        self.ordered = {n for n in dims if not is_categorical(n, values.get(n, []))}
+        self.rng = random.Random(seed)
+        self.population_size = population_size or 12
+        live = [n for n, size in dims.items() if size > 1]
+        self.mutation_prob = mutation_prob or 1.0 / max(1, len(live))
+        self.crossover_prob = 0.9 if crossover_prob is None else crossover_prob
+        self.elite = max(1, self.population_size // 4)
+        self.first = first
+        self.parents: list[tuple[dict[str, int], float]] = []
+
+    def _tournament(self) -> dict[str, int]:
+        picks = self.rng.sample(self.parents, min(3, len(self.parents)))
+        return min(picks, key=lambda p: p[1])[0]
+
+    def ask(self) -> tuple[dict[str, int], Any]:
+        if not self.parents:
+            enc = self.first()
+            return enc, enc
+        a, b = self._tournament(), self._tournament()
+        if self.rng.random() < self.crossover_prob:
+            child = {n: (a[n] if self.rng.random() < 0.5 else b[n]) for n in self.dims}
+        else:
+            child = dict(a)
+        for n, size in self.dims.items():
+            if size > 1 and self.rng.random() < self.mutation_prob:
+                if n in self.ordered and self.rng.random() < 0.5:
+                    child[n] = min(size - 1, max(0, child[n] + self.rng.choice((-1, 1))))
+                else:
+                    child[n] = self.rng.randrange(size)
+        return child, child
+
+    def tell(self, results: list[tuple[Any, float]]) -> None:
+        merged = sorted(self.parents + [(dict(t), v) for t, v in results], key=lambda p: p[1])
+        unique: dict[tuple[int, ...], tuple[dict[str, int], float]] = {}
+        for enc, value in merged:
+            unique.setdefault(tuple(enc[n] for n in self.dims), (enc, value))
+        ranked = list(unique.values())
+        elite = ranked[: self.elite]
+        rest = ranked[self.elite :]
+        # elitism, then the rest by rank with a little diversity
+        self.parents = elite + rest[: self.population_size - len(elite)]
+
+
+class KnownAwareSampler(BaseSampler):
+    """Runs an ask/tell optimiser; never hands a trial a configuration with a known result."""
+
+    def __init__(
+        self,
+        space: Any,
+        seed: int,
+        make_optimizer: Callable[[int], _Optimizer],
+    ) -> None:
+        self._space = space
+        self._dists = dict(space.distributions())
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._make = make_optimizer
+        self._restarts = 0
+        self._opt = make_optimizer(seed)
+        self._lock = threading.RLock()
+        self._known: dict[str, float | None] = {}  # key -> value (None: incorrect/failed/invalid)
+        self._pending: dict[int, tuple[str, Any]] = {}  # trial number -> (key, token)
+        self._pending_keys: set[str] = set()
+        self._batch: list[tuple[Any, float | None]] = []
+        self._synced: set[int] = set()
+        self._candidates: list[tuple[dict[str, int], str]] | None = None
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    # Optuna interface
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._dists)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        with self._lock:
+            self._sync(study, trial.number)
+            for _ in range(max(16, FREE_GENERATIONS * self._opt.population_size)):
+                enc, token = self._opt.ask()
+                enc = self._clip(enc)
+                key, valid = encoding_key(self._space, enc)
+                if not valid:
+                    self._known[key] = None
+                if key in self._known or key in self._pending_keys:
+                    self._told(token, self._known.get(key))
+                    continue
+                self._pending[trial.number] = (key, token)
+                self._pending_keys.add(key)
+                return enc
+            # converged on known points: restart the optimiser, give this trial a fresh candidate
+            self._restarts += 1
+            self._opt = self._make(self._seed + 7919 * self._restarts)
+            self._batch = []
+            enc = self.unmeasured()
+            if enc is None:  # everything measured: repeat a known candidate (free) and stop
+                study.stop()
+                return self.any_candidate()
+            key, _ = encoding_key(self._space, enc)
+            self._pending_keys.add(key)
+            self._pending[trial.number] = (key, None)
+            return enc
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: list[float] | None,
+    ) -> None:
+        with self._lock:
+            value = values[0] if state == TrialState.COMPLETE and values else None
+            self._synced.add(trial.number)
+            pending = self._pending.pop(trial.number, None)
+            if pending is None:
+                key, _ = encoding_key(self._space, self._clip(dict(trial.params)))
+                self._known.setdefault(key, value)
+                return
+            key, token = pending
+            self._pending_keys.discard(key)
+            self._known[key] = value
+            if token is not None:
+                self._told(token, value)
+
+    # internals
+    def _clip(self, enc: dict[str, int]) -> dict[str, int]:
+        out = {}
+        for name, dist in self._dists.items():
+            assert isinstance(dist, IntDistribution)
+            out[name] = min(dist.high, max(dist.low, int(enc.get(name, dist.low))))
+        return out
+
+    def _told(self, token: Any, value: float | None) -> None:
+        self._batch.append((token, value))
+        if len(self._batch) < self._opt.population_size:
+            return
+        batch, self._batch = self._batch[: self._opt.population_size], []
+        finite = [v for _, v in batch if v is not None and math.isfinite(v)]
+        finite += [v for v in self._known.values() if v is not None and math.isfinite(v)]
+        worst = max(finite) if finite else 1.0
+        penalty = abs(worst) * 2.0 + 1.0
+        self._opt.tell(
+            [(t, v if v is not None and math.isfinite(v) else penalty) for t, v in batch]
+        )
+
+    def _sync(self, study: optuna.Study, current: int) -> None:
+        """Learn results of trials this object did not propose (other processes, a resume)."""
+        for other in study.get_trials(deepcopy=False):
+            if other.number in self._synced or other.number == current:
+                continue
+            if other.number in self._pending:
+                continue
+            if not other.state.is_finished():
+                if other.params and len(other.params) == len(self._dists):
+                    key, _ = encoding_key(self._space, self._clip(dict(other.params)))
+                    self._pending_keys.add(key)
+                continue
+            self._synced.add(other.number)
+            if len(other.params) != len(self._dists):
+                continue
+            key, _ = encoding_key(self._space, self._clip(dict(other.params)))
+            value = other.value if other.state == TrialState.COMPLETE else None
+            self._known.setdefault(key, value)
+
+    def any_candidate(self) -> dict[str, Any]:
+        self.unmeasured()
+        return dict(self._candidates[0][0]) if self._candidates else {}
+
+    def unmeasured(self) -> dict[str, int] | None:
+        """A uniformly drawn candidate whose result is neither known nor pending."""
+        if self._candidates is None:
+            self._candidates = [(self._space.encode(c), c.key()) for c in self._space.candidates()]
+        if not self._candidates:
+            return None
+        for _ in range(32):  # rejection sampling: cheap while most candidates are unmeasured
+            enc, key = self._rng.choice(self._candidates)
+            if key not in self._known and key not in self._pending_keys:
+                return dict(enc)
+        left = [
+            e for e, k in self._candidates if k not in self._known and k not in self._pending_keys
+        ]
+        return dict(self._rng.choice(left)) if left else None
+
+
+class DedupSampler(BaseSampler):
+    """Wraps a relative Optuna sampler (TPE) or none (uniform): asks again on a known proposal."""
+
+    def __init__(self, space: Any, seed: int, inner: BaseSampler | None) -> None:
+        self._space = space
+        self._dists = dict(space.distributions())
+        self._inner = inner
+        self._aware = KnownAwareSampler(space, seed, lambda s: _Uniform(self))
+        self._lock = threading.RLock()
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._dists)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._aware.sample_independent(study, trial, param_name, param_distribution)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        aware = self._aware
+        with self._lock:
+            aware._sync(study, trial.number)
+            if self._inner is not None:
+                for _ in range(TPE_ASKS):
+                    enc = self._inner.sample_relative(study, trial, dict(self._dists))
+                    if len(enc) != len(self._dists):
+                        break
+                    enc = aware._clip(enc)
+                    key, valid = encoding_key(self._space, enc)
+                    if not valid:
+                        aware._known[key] = None
+                    if key in aware._known or key in aware._pending_keys:
+                        continue
+                    aware._pending[trial.number] = (key, None)
+                    aware._pending_keys.add(key)
+                    return enc
+            enc = aware.unmeasured()
+            if enc is None:  # everything measured: repeat a known candidate (free) and stop
+                study.stop()
+                return aware.any_candidate()
+            key, _ = encoding_key(self._space, enc)
+            aware._pending[trial.number] = (key, None)
+            aware._pending_keys.add(key)
+            return enc
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._inner is not None:
+            self._inner.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: list[float] | None,
+    ) -> None:
+        self._aware.after_trial(study, trial, state, values)
+        if self._inner is not None:
+            self._inner.after_trial(study, trial, state, values)
+
+
+class _Uniform(_Optimizer):
+    population_size = 1
+
+    def __init__(self, owner: DedupSampler) -> None:
+        self.owner = owner
+
+    def ask(self) -> tuple[dict[str, int], Any]:  # pragma: no cover - not used by DedupSampler
+        raise NotImplementedError
+
+    def tell(self, results: list[tuple[Any, float]]) -> None:  # pragma: no cover
+        pass
+
+
+# -- the factory ---------------------------------------------------------------------------------
+def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSampler:
     """Build the configured sampler, seeded."""
     name = sampler_cfg["name"]
     startup = sampler_cfg.get("n_startup_trials")
+    popsize = sampler_cfg.get("popsize")
+    dims = {n: d.high - d.low + 1 for n, d in space.distributions().items()}
     if name == "cmaes":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.CmaEsSampler(
-            seed=seed,
-            with_margin=True,
-            n_startup_trials=startup if startup is not None else 5,
-            popsize=sampler_cfg.get("popsize"),
-            independent_sampler=optuna.samplers.TPESampler(seed=seed),
-            warn_independent_sampling=False,
+        return KnownAwareSampler(space, seed, lambda s: _CMAwM(dims, s, popsize))
+    if name == "catcma":
+        values = dimension_values(space)
+        return KnownAwareSampler(space, seed, lambda s: _CatCMAwM(dims, values, s, popsize))
+    if name == "ga":
+        values = dimension_values(space)
+        holder: list[KnownAwareSampler] = []
+
+        def first() -> dict[str, int]:
+            enc = holder[0].unmeasured()
+            return enc if enc is not None else {n: 0 for n in dims}
+
+        sampler = KnownAwareSampler(
+            space,
+            seed,
+            lambda s: _GA(
+                dims,
+                values,
+                s,
+                sampler_cfg.get("population_size"),
+                sampler_cfg.get("mutation_prob"),
+                sampler_cfg.get("crossover_prob"),
+                first,
+            ),
         )
+        holder.append(sampler)
+        return sampler
     if name == "tpe":
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
+        inner = optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=startup if startup is not None else 8,
             multivariate=True,
             constant_liar=True,
         )
+        return DedupSampler(space, seed, inner)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return DedupSampler(space, seed, None)
     if name == "grid":
         return CandidateGridSampler(space, seed=seed)
-    if name == "ga":
+    if name == "cmaes_optuna":
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            with_margin=True,
+            n_startup_trials=startup if startup is not None else 5,
+            popsize=popsize,
+            independent_sampler=optuna.samplers.TPESampler(seed=seed),
+            warn_independent_sampling=False,
+        )
+    if name == "nsga2":
         kwargs: dict[str, Any] = {"seed": seed}
         for key in ("population_size", "mutation_prob", "crossover_prob"):
             if sampler_cfg.get(key) is not None:

@@ -1,0 +1,246 @@
+"""Replay mechanics, checked exactly on tiny hand-made tables whose optimum and counts are known."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study import replay
+from study.callbacks import Patience
+from study.samplers import make_sampler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# 8 rows: 6 correct (optimum 50 us, row 4), 2 failed; `chunked.chunk` is inert for plain/sdpa.
+TINY = """variant,chunked.chunk,mut.layout,latency_us,status
+plain,,bhsd,100,ok
+plain,,bshd,120,ok
+chunked,64,bhsd,80,ok
+chunked,64,bshd,,rejected
+chunked,128,bhsd,50,ok
+chunked,128,bshd,70,ok
+sdpa,,bhsd,60,ok
+sdpa,,bshd,,error
+"""
+# A full product of two numeric columns with one hole (a=2, b=20 is not in the table).
+HOLE = """a,b,latency_us
+1,10,5
+1,20,4
+2,10,3
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.csv"
+    path.write_text(TINY)
+    return path
+
+
+def test_space_is_inferred_from_the_table(tiny: Path) -> None:
+    table = replay.load_table(tiny)
+    assert table.columns == ["variant", "chunked.chunk", "mut.layout"]
+    assert table.values["variant"] == ["chunked", "plain", "sdpa"]
+    assert table.values["chunked.chunk"] == [64, 128]  # numeric order, not text order
+    assert table.size == 8 and table.optimum == 50.0
+    space = replay.ReplaySpace(table)
+    dists = space.distributions()
+    assert {n: (d.low, d.high) for n, d in dists.items()} == {
+        "variant": (0, 2),
+        "chunked.chunk": (0, 1),
+        "mut.layout": (0, 1),
+    }
+    # an inert dimension matches whatever the trial proposes there
+    plain = {"variant": 1, "mut.layout": 0}
+    assert space.lookup(plain | {"chunked.chunk": 0}) == 0
+    assert space.lookup(plain | {"chunked.chunk": 1}) == 0
+    assert space.lookup({"variant": 0, "chunked.chunk": 1, "mut.layout": 0}) == 4
+
+
+def test_grid_visits_every_row_once_with_exact_states(tiny: Path) -> None:
+    table = replay.load_table(tiny)
+    result = replay.run_study(table, "grid", seed=3)
+    trials = result.study.trials
+    assert len(trials) == 8 and result.trials == 8
+    rows = [t.user_attrs["row"] for t in trials]
+    assert sorted(rows) == list(range(8))
+    assert len(result.trace) == 8
+    states = {t.user_attrs["row"]: t.state for t in trials}
+    assert sorted(r for r, s in states.items() if s == TrialState.PRUNED) == [3, 7]
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 6
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["rejected_by"] == "recorded_failure"
+            assert "latency_us" not in t.user_attrs
+        else:
+            assert t.user_attrs["latency_us"] == t.value == table.latency[t.user_attrs["row"]]
+        assert t.user_attrs["variant"] == table.variant[t.user_attrs["row"]]
+    assert result.study.best_value == 50.0 == table.optimum
+
+
+def test_budget_counts_distinct_rows_not_trials(tiny: Path) -> None:
+    table = replay.load_table(tiny)
+    result = replay.run_study(table, "grid", seed=0, budget=3)
+    assert len(result.study.trials) == 3 and len(result.trace) == 3
+    # a sampler that repeats configurations: trials go on, evaluations count distinct rows only
+    result = replay.run_study(table, "nsga2", seed=0, budget=5, max_trials=400)
+    measured = [t for t in result.study.trials if t.user_attrs.get("measured")]
+    distinct = {t.user_attrs["row"] for t in result.study.trials if "row" in t.user_attrs}
+    assert len(measured) == len(distinct) == len(result.trace) == 5
+    assert result.study.trials[-1].user_attrs["evaluations"] == 5
+    for t in result.study.trials:
+        if t.user_attrs.get("measured") is False and "row" in t.user_attrs:
+            assert t.user_attrs["duplicate_of"] < t.number
+
+
+def test_a_point_missing_from_the_table_is_pruned_and_costs_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "hole.csv"
+    path.write_text(HOLE)
+    table = replay.load_table(path)
+    space = replay.ReplaySpace(table)
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"a": [1], "b": [1]}))
+    objective = replay.ReplayObjective(space)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["rejected_by"] == "not_in_table"
+    assert objective.evaluations == 0
+
+
+@pytest.mark.parametrize("name", ["cmaes", "catcma", "ga", "tpe", "random"])
+def test_samplers_never_spend_a_trial_on_a_known_row(tiny: Path, name: str) -> None:
+    table = replay.load_table(tiny)
+    result = replay.run_study(table, name, seed=5)
+    trials = result.study.trials
+    assert len(trials) == 8 == len(result.trace)  # every row exactly once, then the study stops
+    assert sorted(t.user_attrs["row"] for t in trials) == list(range(8))
+    assert result.study.best_value == 50.0
+
+
+def test_patience_stops_after_exactly_n_non_improving_trials() -> None:
+    values = [5.0, 4.0, 6.0, None, 7.0, 3.0, 1.0]  # None: pruned, counts as no improvement
+    study = optuna.create_study()
+
+    def objective(trial: optuna.Trial) -> float:
+        value = values[trial.number]
+        if value is None:
+            raise optuna.TrialPruned()
+        return value
+
+    study.optimize(objective, n_trials=len(values), callbacks=[Patience(3)])
+    assert len(study.trials) == 5  # 5 and 4 improve; 6, pruned, 7: three without improvement
+
+
+def test_patience_in_replay_matches_the_grid_order(tiny: Path) -> None:
+    table = replay.load_table(tiny)
+    space = replay.ReplaySpace(table)
+    order = make_sampler({"name": "grid"}, space, 11)._order  # the grid's visiting order
+    latencies = [table.latency[space.lookup(e)] for e in order]
+    best, since, expected = math.inf, 0, len(latencies)
+    for i, v in enumerate(latencies):
+        if not math.isnan(v) and v < best:
+            best, since = v, 0
+        else:
+            since += 1
+            if since == 2:
+                expected = i + 1
+                break
+    result = replay.run_study(table, "grid", seed=11, patience=2)
+    assert len(result.study.trials) == expected
+
+
+def test_expected_random_best_is_exact(tiny: Path) -> None:
+    table = replay.load_table(tiny)
+    worst = table.worst
+    values = [worst if math.isnan(v) else v for v in table.latency]
+    for k in (1, 2, 4, 8):
+        combos = list(itertools.combinations(values, k))
+        brute = sum(min(c) for c in combos) / len(combos)
+        assert replay.expected_random_best(table.latency, k) == pytest.approx(brute, rel=1e-12)
+    assert replay.score(50.0, 70.0, 50.0) == 1.0
+    assert replay.score(70.0, 70.0, 50.0) == 0.0
+
+
+def test_compare_reports_and_plots(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, png = tmp_path / "cmp.md", tmp_path / "cmp.png"
+    code = replay.main(
+        [f"table={tiny}", "sampler=[grid,random]", "seeds=4", f"out={out}", f"plot={png}"]
+    )
+    assert code == 0
+    text = out.read_text()
+    assert "| grid |" in text and "| random |" in text
+    assert png.stat().st_size > 1000
+    assert (tmp_path / "cmp.json").is_file()
+
+
+def test_single_mode_uses_the_configured_storage_and_resumes(tiny: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'replay.db'}"
+    args = [f"table={tiny}", "sampler=grid", f"storage.url={url}", "study.name=r", "budget=3"]
+    assert replay.main(args) == 0
+    assert replay.main(args[:-1] + ["budget=5"]) == 0  # resumes: 5 rows evaluated in all
+    study = optuna.load_study(study_name="r", storage=url)
+    assert len(study.trials) == 5
+    assert len({t.user_attrs["row"] for t in study.trials}) == 5
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([], "table=PATH.csv is required"),
+        (["table=/nonexistent/t.csv"], "no such file"),
+        (["table={nolat}"], "no latency_us column"),
+        (["table={tiny}", "sampler=annealing"], "not a known option"),
+        (["table={tiny}", "budget=0"], "budget must be >= 1"),
+        (["table={tiny}", "budget=-3"], "budget must be >= 1"),
+        (["table={tiny}", "seeds=x"], "not an integer"),
+        (["table={tiny}", "colour=blue"], "unknown key"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], needle: str
+) -> None:
+    nolat = tmp_path / "nolat.csv"
+    nolat.write_text("a,b\n1,2\n")
+    args = [a.format(tiny=tiny, nolat=nolat) for a in args]
+    assert replay.main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.replay", f"table={tmp_path / 'missing.csv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no such file" in proc.stderr
+
+
+def test_ambiguous_and_duplicate_tables_are_refused(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.csv"
+    dup.write_text("a,latency_us\n1,5\n1,6\n")
+    with pytest.raises(replay.ReplayError, match="same configuration"):
+        replay.ReplaySpace(replay.load_table(dup))
+    amb = tmp_path / "amb.csv"
+    amb.write_text("a,b,latency_us\n1,,5\n1,0,6\n")
+    with pytest.raises(replay.ReplayError, match="ambiguous"):
+        replay.ReplaySpace(replay.load_table(amb))
