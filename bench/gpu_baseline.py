@@ -185,8 +185,9 @@ def run_problem(name: str, reps: int, flush: torch.Tensor) -> list[str]:
         label = f"| {name} | {backend} |"
         score_bytes = batch * hq * sq * skv * 4
         if backend == "math" and score_bytes > MATH_SCORE_LIMIT_BYTES:
-            rows.append(f"{label} skipped: materialises {score_bytes / 2**30:.0f} GiB of scores "
-                        "| | | | | |")
+            rows.append(
+                f"{label} skipped: materialises {score_bytes / 2**30:.0f} GiB of scores | | | | | |"
+            )
             continue
         fn = make_call(backend, causal, hq != hkv)
         try:
@@ -265,7 +266,7 @@ def main() -> int:
     ]
     for name in args.problems.split(","):
         lines += run_problem(name, args.reps, flush)
-        print("\n".join(lines[-len(BACKENDS):]), flush=True)
+        print("\n".join(lines[-len(BACKENDS) :]), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

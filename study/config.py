@@ -91,12 +91,15 @@ class StudyConfig:
     top_k: int = 5
     retime_top_k: int = 3
     allow_env_change: bool = False
+    patience: int | None = None  # stop after this many trials without improvement
 
 
 @dataclass
 class WorkerConfig:
     timeout_s: float = 120.0
     devices: Any = "auto"
+    # address-space cap of a CPU worker, GB; null: 75% of RAM on the CPU, none on a GPU; 0: none
+    memory_limit_gb: float | None = None
 
 
 @dataclass
@@ -251,6 +254,9 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(s.top_k >= 1, f"study.top_k must be >= 1, got {s.top_k}")
     _check(s.retime_top_k >= 0, f"study.retime_top_k must be >= 0, got {s.retime_top_k}")
+    _check(
+        s.patience is None or s.patience >= 1, f"study.patience must be >= 1, got {s.patience}"
+    )
     _check(cfg.worker.timeout_s > 0, f"worker.timeout_s must be > 0, got {cfg.worker.timeout_s}")
     b = cfg.bench
     _check(b.check_sets >= 1, f"bench.check_sets must be >= 1, got {b.check_sets}")

@@ -1,15 +1,32 @@
 """Memory and execution mutations: each one changes what really runs, never just a label.
 
 A mutation is a named knob with a list of choices, applied by the harness around a built
-candidate in three places: the inputs it is given (`prepare_inputs`, e.g. a layout), the callable
-that is timed (`wrap`, e.g. a `.contiguous()` pass that then counts in the time), and the global
-context of its calls (`context`, e.g. the thread count, restored afterwards). The SDPA baseline of
-the same trial gets the same inputs, so the ratio compares like with like.
+candidate in these places: the inputs it is given (`prepare_inputs`, e.g. a layout, or K and V
+placed in one allocation), the callable that is timed (`wrap`, e.g. a `.contiguous()` pass that
+then counts in the time, a preallocated `out=` buffer, a CUDA-graph replay), how the SDPA baseline
+of the same trial runs (`wrap_baseline`: replayed from a CUDA graph too under `graph=on`, so the
+ratio compares like with like), and the global context of the candidate's calls (`context`, e.g.
+the thread count, restored afterwards). The baseline gets the same inputs.
+
+Mutations that hand back memory the next call on the same input buffers overwrites (`out=prealloc`,
+`graph=on`) say so through `reuses_output`; `wrap_for_gate` gives the gate a version of the same
+code path that returns fresh memory per call (a fresh NaN-filled `out=` buffer, a graph captured
+for that call), so the gate's aliasing and "outputs stay put" checks keep their meaning.
+
+`applies(variant, value)` is the variant-aware check (e.g. `out=prealloc` only for variants whose
+run takes `out=`, tag "out"); `supports(problem, value)` the device-aware one. Both leave an
+inapplicable choice out before it runs.
+
+Order: inputs are prepared layout first, then l2 (K and V moved into one allocation keeps the
+layout's strides); runners are wrapped from the inside out: layout, out, l2, graph (the graph
+captures everything inside it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +47,30 @@ class Mutation:
     doc: str = ""
     choices: tuple[Any, ...] = ()
 
+    #: True where the value makes outputs live in memory that the next call on the same input
+    #: buffers overwrites (see the module docstring).
+    def reuses_output(self, value: Any) -> bool:
+        return False
+
     def supports(self, problem: Problem, value: Any) -> str | None:
         """None where `value` applies to the problem's device, else a one-line reason."""
         return (
             None if value in self.choices else f"{self.name}={value!r} is not one of {self.choices}"
         )
 
+    def applies(self, variant: Any, value: Any) -> str | None:
+        """None where `value` applies to `variant` (a kernels.Variant), else a one-line reason."""
+        return None
+
     def prepare_inputs(self, tensors: Tensors, value: Any) -> Tensors:
         return tensors
 
     def wrap(self, run: Runner, value: Any, problem: Problem) -> Runner:
         return run
+
+    def wrap_for_gate(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        """The callable the correctness gate checks (default: the timed one)."""
+        return self.wrap(run, value, problem)
 
     def wrap_baseline(self, baseline: Runner, value: Any, problem: Problem) -> Runner:
         """How the SDPA baseline of the same trial runs (e.g. also replayed from a CUDA graph)."""
@@ -56,6 +86,12 @@ def bshd_view(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _forwarding(run: Runner, fn: Runner) -> Runner:
+    """Mark `fn` as a wrapper of `run` (inspect.signature then sees run's `out=`)."""
+    fn.__wrapped__ = run  # type: ignore[attr-defined]
+    return fn
+
+
 class Layout(Mutation):
     """bhsd: contiguous (B,H,S,D). bshd: strided views of (B,S,H,D) storage handed to the kernel as
     they are. bshd_contiguous: the same views, copied to contiguous inside the timed call."""
@@ -69,10 +105,12 @@ class Layout(Mutation):
         if value != "bshd_contiguous":
             return run
 
-        def contiguous_then_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return run(q.contiguous(), k.contiguous(), v.contiguous())
+        def contiguous_then_run(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any
+        ) -> torch.Tensor:
+            return run(q.contiguous(), k.contiguous(), v.contiguous(), **kwargs)
 
-        return contiguous_then_run
+        return _forwarding(run, contiguous_then_run)
 
 
 class Threads(Mutation):
@@ -98,27 +136,388 @@ class Threads(Mutation):
             torch.set_num_threads(before)
 
 
+# -- out=prealloc ---------------------------------------------------------------------------------
+def takes_out(run: Runner) -> bool:
+    """True where `run` accepts an `out=` keyword (the preallocated-output protocol)."""
+    try:
+        params = inspect.signature(run).parameters
+    except (TypeError, ValueError):
+        return False
+    return "out" in params and params["out"].kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def _buffer_key(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors)
+
+
+def _poisoned_output(problem: Problem, q: torch.Tensor) -> torch.Tensor:
+    """A (B, Hq, Sq, D) output buffer filled with NaN: a kernel that skips elements shows."""
+    return torch.full(problem.q_shape(), float("nan"), dtype=problem.dtype, device=q.device)
+
+
+class PreallocRunner:
+    """Calls `run(q, k, v, out=buf)` with one output buffer per input-buffer set.
+
+    The buffer is allocated (NaN-filled) on the first call with a new set of input buffers (keyed
+    by address, shape, strides and dtype: the timing's warm-up calls do that), then reused, so the
+    timed calls allocate no output. The same input buffers refilled in place with new values give
+    new values in the same output buffer.
+    """
+
+    def __init__(self, run: Runner, problem: Problem) -> None:
+        self.run = run
+        self.problem = problem
+        self.buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        key = _buffer_key((q, k, v))
+        out = self.buffers.get(key)
+        if out is None:
+            out = self.buffers[key] = _poisoned_output(self.problem, q)
+        result = self.run(q, k, v, out=out)
+        if result is not out:
+            raise RuntimeError("a run given out= must return that out tensor")
+        return out
+
+
+class Out(Mutation):
+    """none: the candidate allocates its output. prealloc: the candidate's run takes `out=` (a
+    buffer allocated once per input-buffer set, outside the timed calls) and writes into it."""
+
+    def reuses_output(self, value: Any) -> bool:
+        return value == "prealloc"
+
+    def applies(self, variant: Any, value: Any) -> str | None:
+        if value == "prealloc" and "out" not in getattr(variant, "tags", ()):
+            return f"{variant.name}'s run takes no out= (register it with tag 'out')"
+        return None
+
+    def wrap(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        if value != "prealloc":
+            return run
+        if not takes_out(run):
+            raise TypeError("out=prealloc: the built run does not take an out= keyword")
+        return PreallocRunner(run, problem)
+
+    def wrap_for_gate(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        if value != "prealloc":
+            return run
+        if not takes_out(run):
+            raise TypeError("out=prealloc: the built run does not take an out= keyword")
+
+        def fresh_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = _poisoned_output(problem, q)
+            result = run(q, k, v, out=out)
+            if result is not out:
+                raise RuntimeError("a run given out= must return that out tensor")
+            return out
+
+        return fresh_out
+
+
+# -- graph=on -------------------------------------------------------------------------------------
+class GraphRunner:
+    """Captures `run` into a CUDA graph once per input-buffer set and replays it.
+
+    The first call with a new set of input buffers (the timing's warm-up) warms `run` up on a side
+    stream, captures one call on those very buffers (no copy into static inputs: a copy would count
+    in the time), fills the captured output with NaN and replays; later calls with the same buffers
+    only replay, so they read whatever the buffers hold now. `fresh=True` captures a new graph on
+    every call (the gate's version: every output is its own memory).
+    """
+
+    def __init__(self, run: Runner, problem: Problem, warmup: int = 2, fresh: bool = False) -> None:
+        self.run = run
+        self.problem = problem
+        self.warmup = warmup
+        self.fresh = fresh
+        self.graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor]] = {}
+        self.captures = 0
+
+    def capture(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Any, Any]:
+        side = torch.cuda.Stream(device=q.device)
+        side.wait_stream(torch.cuda.current_stream(q.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.run(q, k, v)
+        torch.cuda.current_stream(q.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.run(q, k, v)
+        if not isinstance(out, torch.Tensor):
+            raise RuntimeError(f"graph=on: the run returned {type(out).__name__}, not a tensor")
+        out.fill_(float("nan"))
+        self.captures += 1
+        return graph, out
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.fresh:  # kept alive with its output: the graph's private pool holds it
+            graph, out = self.graphs[("fresh", self.captures)] = self.capture(q, k, v)
+        else:
+            key = _buffer_key((q, k, v))
+            if key not in self.graphs:
+                self.graphs[key] = self.capture(q, k, v)
+            graph, out = self.graphs[key]
+        graph.replay()
+        return out
+
+
+class Graph(Mutation):
+    """off: eager launches. on: the candidate and the SDPA baseline are both captured into a CUDA
+    graph per input-buffer set after warm-up and replayed in the timed calls."""
+
+    def reuses_output(self, value: Any) -> bool:
+        return value == "on"
+
+    def supports(self, problem: Problem, value: Any) -> str | None:
+        if value == "off":
+            return None
+        if value != "on":
+            return f"graph={value!r} is not one of ('off', 'on')"
+        if not problem.is_cuda:
+            return "CUDA graphs need a CUDA device"
+        return None
+
+    def wrap(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        return GraphRunner(run, problem) if value == "on" else run
+
+    def wrap_for_gate(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        return GraphRunner(run, problem, fresh=True) if value == "on" else run
+
+    def wrap_baseline(self, baseline: Runner, value: Any, problem: Problem) -> Runner:
+        return GraphRunner(baseline, problem) if value == "on" else baseline
+
+
+# -- l2=kv ----------------------------------------------------------------------------------------
+def cudart() -> Any:
+    """The CUDA runtime bindings of cuda-python (`cuda.bindings.runtime`, older `cuda.cudart`)."""
+    try:
+        from cuda.bindings import runtime  # type: ignore[import-not-found]
+
+        return runtime
+    except ImportError:
+        from cuda import cudart as runtime  # type: ignore[import-not-found,no-redef]
+
+        return runtime
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python returns (err, *values): raise on an error, return the values."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    err, *values = result
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def _window_attr_id(rt: Any) -> Any:
+    ids = getattr(rt, "cudaStreamAttrID", None) or rt.cudaLaunchAttributeID
+    found = getattr(ids, "cudaStreamAttributeAccessPolicyWindow", None)
+    return found if found is not None else ids.cudaLaunchAttributeAccessPolicyWindow
+
+
+def _attr_value(rt: Any) -> Any:
+    cls = getattr(rt, "cudaStreamAttrValue", None) or rt.cudaLaunchAttributeValue
+    return cls()
+
+
+def stream_window(stream: torch.cuda.Stream | None = None) -> tuple[int, int]:
+    """(base_ptr, num_bytes) of the access-policy window on `stream` (default: current)."""
+    rt = cudart()
+    handle = (stream or torch.cuda.current_stream()).cuda_stream
+    value = _check(rt.cudaStreamGetAttribute(handle, _window_attr_id(rt)), "cudaStreamGetAttribute")
+    window = value.accessPolicyWindow
+    return int(window.base_ptr), int(window.num_bytes)
+
+
+def set_stream_window(base_ptr: int, num_bytes: int, stream: Any = None) -> None:
+    """Set (num_bytes > 0: persisting hits, streaming misses) or clear (0) the window."""
+    rt = cudart()
+    handle = (stream or torch.cuda.current_stream()).cuda_stream
+    value = _attr_value(rt)
+    window = value.accessPolicyWindow
+    window.base_ptr = base_ptr if num_bytes else 0
+    window.num_bytes = num_bytes
+    window.hitRatio = 1.0 if num_bytes else 0.0
+    window.hitProp = rt.cudaAccessProperty.cudaAccessPropertyPersisting
+    window.missProp = rt.cudaAccessProperty.cudaAccessPropertyStreaming
+    if not num_bytes:
+        window.hitProp = rt.cudaAccessProperty.cudaAccessPropertyNormal
+        window.missProp = rt.cudaAccessProperty.cudaAccessPropertyNormal
+    _check(rt.cudaStreamSetAttribute(handle, _window_attr_id(rt), value), "cudaStreamSetAttribute")
+
+
+def persisting_limit() -> int:
+    rt = cudart()
+    return int(
+        _check(
+            rt.cudaDeviceGetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize),
+            "cudaDeviceGetLimit",
+        )
+    )
+
+
+def set_persisting_limit(nbytes: int) -> None:
+    rt = cudart()
+    _check(
+        rt.cudaDeviceSetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize, int(nbytes)),
+        "cudaDeviceSetLimit",
+    )
+
+
+def _l2_limits(device: int) -> tuple[int, int]:
+    """(persistingL2CacheMaxSize, accessPolicyMaxWindowSize) of `device`."""
+    rt = cudart()
+    prop = _check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    return int(prop.persistingL2CacheMaxSize), int(prop.accessPolicyMaxWindowSize)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """The elements cover one block of memory once each (any order of dimensions)."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def kv_span(k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
+    """(base, bytes) of the smallest range covering K and V (one range: l2's prepare_inputs
+    places them next to each other); only K when they lie far apart."""
+    k_bytes, v_bytes = k.numel() * k.element_size(), v.numel() * v.element_size()
+    lo = min(k.data_ptr(), v.data_ptr())
+    hi = max(k.data_ptr() + k_bytes, v.data_ptr() + v_bytes)
+    if hi - lo > k_bytes + v_bytes + 4096:
+        return k.data_ptr(), k_bytes
+    return lo, hi - lo
+
+
+class L2Runner:
+    """Sets a persisting L2 access-policy window over K and V on the current stream around each
+    call, and clears it after. The device's persisting carve-out is raised once when the runner is
+    made and restored (with the persisting lines reset) when the runner is freed."""
+
+    def __init__(self, run: Runner, problem: Problem) -> None:
+        self.run = run
+        device = torch.device(problem.device)
+        self.device = device.index if device.index is not None else torch.cuda.current_device()
+        self.max_persist, self.max_window = _l2_limits(self.device)
+        before = persisting_limit()
+        wanted = min(self.max_persist, 2 * problem.min_bytes())
+        set_persisting_limit(max(before, wanted))
+        self.finalizer = weakref.finalize(self, _restore_l2, before)
+        self.windows: list[tuple[int, int]] = []  # what was set, for tests and reports
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        base, nbytes = kv_span(k, v)
+        nbytes = min(nbytes, self.max_window)
+        set_stream_window(base, nbytes)
+        try:
+            self.windows.append(stream_window())
+            return self.run(q, k, v)
+        finally:
+            set_stream_window(0, 0)
+
+
+def _restore_l2(limit: int) -> None:
+    with contextlib.suppress(Exception):
+        set_persisting_limit(limit)
+        cudart().cudaCtxResetPersistingL2Cache()
+
+
+def _in_one_allocation(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V copied into two halves of one allocation, with their strides kept."""
+    n = k.numel()
+    if not (_dense(k) and _dense(v)) or v.numel() != n or v.dtype != k.dtype:
+        return k, v  # not dense: leave them where they are
+    flat = torch.empty(2 * n, dtype=k.dtype, device=k.device)
+    k2 = flat.as_strided(k.shape, k.stride(), 0)
+    v2 = flat.as_strided(v.shape, v.stride(), n)
+    k2.copy_(k)
+    v2.copy_(v)
+    return k2, v2
+
+
+class L2(Mutation):
+    """off: default caching. kv: K and V in one allocation under a persisting L2 access-policy
+    window (cudaStreamAttributeAccessPolicyWindow through cuda-python) during the candidate's calls;
+    the persisting carve-out is raised for the candidate and restored after it."""
+
+    def supports(self, problem: Problem, value: Any) -> str | None:
+        if value == "off":
+            return None
+        if value != "kv":
+            return f"l2={value!r} is not one of ('off', 'kv')"
+        if not problem.is_cuda:
+            return "an L2 access-policy window needs a CUDA device"
+        try:
+            cudart()
+        except ImportError as exc:
+            return f"the CUDA runtime bindings are not importable (pip install cuda-python): {exc}"
+        return None
+
+    def prepare_inputs(self, tensors: Tensors, value: Any) -> Tensors:
+        if value != "kv":
+            return tensors
+        q, k, v = tensors
+        return (q, *_in_one_allocation(k, v))
+
+    def wrap(self, run: Runner, value: Any, problem: Problem) -> Runner:
+        return L2Runner(run, problem) if value == "kv" else run
+
+
 MUTATIONS: dict[str, type[Mutation]] = {
     "layout": Layout,
     "threads": Threads,
+    "out": Out,
+    "graph": Graph,
+    "l2": L2,
 }
 LAYOUTS = ("bhsd", "bshd", "bshd_contiguous")
+DEFAULTS: dict[str, Any] = {
+    "layout": "bhsd",
+    "threads": 0,
+    "out": "none",
+    "graph": "off",
+    "l2": "off",
+}
+ALL_CHOICES: dict[str, tuple[Any, ...]] = {
+    "layout": LAYOUTS,
+    "threads": (0, 1),
+    "out": ("none", "prealloc"),
+    "graph": ("off", "on"),
+    "l2": ("off", "kv"),
+}
+# Inputs are prepared in this order; runners are wrapped from the first (innermost) to the last.
+PREPARE_ORDER = ("layout", "l2", "out", "graph", "threads")
+WRAP_ORDER = ("layout", "out", "l2", "graph", "threads")
 
 
 def make(name: str, choices: list[Any]) -> Mutation:
     if name not in MUTATIONS:
         raise KeyError(f"unknown mutation {name!r}; known: {', '.join(sorted(MUTATIONS))}")
-    if name == "layout":
-        bad = [c for c in choices if c not in LAYOUTS]
+    if name in ("layout", "out", "graph", "l2"):
+        bad = [c for c in choices if c not in ALL_CHOICES[name]]
         if bad:
-            raise KeyError(f"layout choices {bad} unknown; known: {', '.join(LAYOUTS)}")
+            raise KeyError(
+                f"{name} choices {bad} unknown; known: {', '.join(map(str, ALL_CHOICES[name]))}"
+            )
     cls = MUTATIONS[name]
     return cls(name=name, doc=(cls.__doc__ or "").strip(), choices=tuple(choices))
 
 
 def default_value(name: str) -> Any:
     """The value that means 'no mutation'."""
-    return {"layout": "bhsd", "threads": 0}.get(name)
+    return DEFAULTS.get(name)
+
+
+def _rank(order: tuple[str, ...], name: str) -> tuple[int, str]:
+    return (order.index(name) if name in order else len(order), name)
 
 
 class Applied:
@@ -128,18 +527,33 @@ class Applied:
         self.problem = problem
         self.items = [(make(name, [value]), value) for name, value in sorted(chosen.items())]
 
+    def _ordered(self, order: tuple[str, ...]) -> list[tuple[Mutation, Any]]:
+        return sorted(self.items, key=lambda item: _rank(order, item[0].name))
+
+    @property
+    def reuses_output(self) -> bool:
+        """True where outputs live in per-input-buffer memory that the next call on the same
+        buffers overwrites: read each output before the next call on its buffers."""
+        return any(m.reuses_output(value) for m, value in self.items)
+
     def prepare_inputs(self, tensors: Tensors) -> Tensors:
-        for mutation, value in self.items:
+        for mutation, value in self._ordered(PREPARE_ORDER):
             tensors = mutation.prepare_inputs(tensors, value)
         return tensors
 
     def wrap(self, run: Runner) -> Runner:
-        for mutation, value in self.items:
+        for mutation, value in self._ordered(WRAP_ORDER):
             run = mutation.wrap(run, value, self.problem)
         return run
 
+    def wrap_for_gate(self, run: Runner) -> Runner:
+        """What the correctness gate runs: the same code path, a fresh output per call."""
+        for mutation, value in self._ordered(WRAP_ORDER):
+            run = mutation.wrap_for_gate(run, value, self.problem)
+        return run
+
     def wrap_baseline(self, baseline: Runner) -> Runner:
-        for mutation, value in self.items:
+        for mutation, value in self._ordered(WRAP_ORDER):
             baseline = mutation.wrap_baseline(baseline, value, self.problem)
         return baseline
 

@@ -7,8 +7,10 @@ config -> worker on the device -> search space (what the device can run) -> stor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import os
 import sys
 import time
 import warnings
@@ -22,13 +24,15 @@ from tqdm import tqdm
 
 import kernels
 from kernels import PluginError, Problem
-from study import report
+from study import dashboard, plots, report
+from study.callbacks import Patience
 from study.config import ConfigError, expand_sweeps, load, to_container
 from study.env import device_slug, differences
 from study.objective import CandidateFailed, Objective, trial_seed
+from study.pool import PooledObjective, resolve_devices, shared_warnings, start_all
 from study.samplers import make_sampler
 from study.space import Candidate, SearchSpace, SpaceError, build_space
-from study.storage import StorageError, open_storage
+from study.storage import StorageError, join_study, open_storage, redact
 from study.worker import Worker
 
 log = logging.getLogger("study")
@@ -78,28 +82,21 @@ def open_study(cfg: Any, space: SearchSpace, env: dict[str, Any], problem: Probl
     storage = open_storage(str(cfg.storage.url), cfg.storage.heartbeat_s)
     name = cfg.study.name or default_study_name(problem, env, space, cfg.space.name)
     sampler = make_sampler(to_container(cfg.sampler), space, int(cfg.seed))
-    existing = {
-        s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    attrs = {
+        "env": env,
+        "problem": problem.to_dict() | {"signature": problem.signature()},
+        "space": {"name": cfg.space.name, "digest": space.digest(), "describe": space.describe()},
+        "objective": "latency_us: median candidate latency, microseconds",
     }
-    if name in existing:
-        stored_env = existing[name].user_attrs.get("env", {})
-        changed = differences(stored_env, env)
+    # Created once, joined by every other worker (many may start at the same moment).
+    study, created = join_study(storage, name, sampler, attrs)
+    if not created:
+        changed = differences(study.user_attrs.get("env", {}), env)
         if changed and not cfg.study.allow_env_change:
             raise EnvironmentMismatch(
                 f"study '{name}' was measured in another environment ({'; '.join(changed)}); "
                 "pick a new study.name, or pass study.allow_env_change=true to mix them"
             )
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-    )
-    if name not in existing:
-        study.set_user_attr("env", env)
-        study.set_user_attr("problem", problem.to_dict() | {"signature": problem.signature()})
-        study.set_user_attr(
-            "space",
-            {"name": cfg.space.name, "digest": space.digest(), "describe": space.describe()},
-        )
-        study.set_user_attr("objective", "latency_us: median candidate latency, microseconds")
     return study
 
 
@@ -138,7 +135,9 @@ def retime(
     plugins: list[str],
 ) -> dict[int, dict[str, Any]]:
     """Time the best candidates again in a fresh worker, with fresh inputs."""
-    worker = Worker(problem.device, plugins, run_dir / "retime.log")
+    worker = Worker(
+        problem.device, plugins, run_dir / "retime.log", cfg.worker.get("memory_limit_gb")
+    )
     again: dict[int, dict[str, Any]] = {}
     try:
         for row in rows:
@@ -194,75 +193,27 @@ def markdown_report(
     notes: list[str],
     overrides: list[str],
     ranking: str,
+    default_pick: dict[str, Any] | None = None,
+    figures: dict[str, Any] | None = None,
+    trials_this_run: int | None = None,
 ) -> str:
-    lines = [f"# kernel-study report: {name}", ""]
-    lines += ["## Environment", ""]
-    lines += [
-        f"- {k}: {env.get(k)}"
-        for k in (
-            "device_name",
-            "device",
-            "torch",
-            "triton",
-            "cuda",
-            "cudnn",
-            "driver",
-            "python",
-            "host",
-        )
-        if env.get(k)
-    ]
-    lines += [
-        "",
-        "## Problem",
-        "",
-        f"- {problem.signature()} ({problem.name or 'custom'})",
-        f"- {problem.flops() / 1e9:.3g} GFLOP per call, "
-        f"at least {problem.min_bytes() / 1e6:.3g} MB moved",
-        "",
-    ]
-    lines += ["## Trials", "", ", ".join(f"{k}: {v}" for k, v in state_counts.items()), ""]
-    lines += ["## SDPA backends (bhsd inputs, each timed against the default dispatch)", ""]
-    lines += [
-        "| backend | latency us | IQR us | default SDPA us | ratio | status |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in panel:
-        if row.get("status") == "ok":
-            lines.append(
-                f"| {row['variant']} | {row['latency_us']:.1f} | {row['latency_iqr_us']:.1f} | "
-                f"{row['baseline_latency_us']:.1f} | {row['speedup']:.3f}x | ok |"
-            )
-        else:
-            why = row.get("reason") or row.get("rejected_by") or row.get("error")
-            lines.append(f"| {row['variant']} | - | - | - | - | {row.get('status')}: {why} |")
-    lines += [
-        "",
-        "## Top candidates (value: median latency; speedup: SDPA default / candidate, same trial)",
-        "",
-    ]
-    lines += [report.table(rows, again), "", ranking, ""]
-    if rows:
-        best = rows[0]
-        spec = best["spec"]
-        reproduce = ["space.variants=[" + spec["variant"] + "]"]
-        reproduce += [
-            f"space.params.{spec['variant']}.{k}=[{v}]" for k, v in spec["params"].items()
-        ]
-        reproduce += [f"space.mutations.{k}=[{v}]" for k, v in spec["mutations"].items()]
-        lines += [
-            "## Reproduce the winner",
-            "",
-            "```",
-            "python -m study.run "
-            + " ".join(overrides + reproduce + ["study.n_trials=1", "study.name=reproduce"])
-            + "```",
-            "",
-        ]
-    if notes:
-        lines += ["## Flags", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["## Search space", ""] + [f"- {d}" for d in space.describe()] + [""]
-    return "\n".join(lines)
+    """report.md (built by study.report.markdown_report)."""
+    return report.markdown_report(
+        name,
+        problem,
+        env,
+        state_counts,
+        rows,
+        again,
+        panel,
+        space.describe(),
+        notes,
+        overrides,
+        ranking,
+        default_pick=default_pick,
+        figures=figures,
+        trials_this_run=trials_this_run,
+    )
 
 
 def run_one(overrides: list[str], show_progress: bool = True) -> int:
@@ -270,15 +221,26 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
     plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
     for path in plugins:
         kernels.load_plugin(path)
+    devices = resolve_devices(cfg.worker.devices, device)  # one worker per entry
+    device = devices[0]
     problem = problem_from(cfg, device)
     run_dir = make_run_dir()
     bench = to_container(cfg.bench)
-    worker = Worker(device, plugins, run_dir / "worker.log")
+    for line in shared_warnings(devices):
+        print(line, file=sys.stderr)
+    workers = [
+        Worker(
+            d,
+            plugins,
+            run_dir / ("worker.log" if i == 0 else f"worker-{i}.log"),
+            cfg.worker.get("memory_limit_gb"),
+        )
+        for i, d in enumerate(devices)
+    ]
+    worker = workers[0]
     try:
-        env_reply = worker.call("env", {}, 120)
-        if env_reply.get("status") != "ok":
-            raise ConfigError(f"the worker could not start on {device}: {env_reply.get('error')}")
-        env = env_reply["env"]
+        envs = start_all(workers, 120)
+        env = envs[0]
 
         def ask_supports(names: list[str]) -> dict[str, str | None]:
             reply = worker.call(
@@ -295,34 +257,49 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         print(
             f"study '{study.study_name}' on {env['device_name']} ({device}), "
             f"{len(space.variants)} variants, {len(space.candidates())} distinct candidates, "
-            f"sampler {cfg.sampler.name}; storage {cfg.storage.url}",
+            f"sampler {cfg.sampler.name}; storage {redact(str(cfg.storage.url))}",
             file=sys.stderr,
         )
         for name, reason in space.excluded.items():
             print(f"  left out {name}: {reason}", file=sys.stderr)
-        objective = Objective(
-            space,
-            worker,
-            problem,
-            bench,
-            int(cfg.seed),
-            float(cfg.worker.timeout_s),
-            extra_attrs={"device_name": env["device_name"], "host": env["host"]},
+        objectives = [
+            Objective(
+                space,
+                w,
+                dataclasses.replace(problem, device=w.device),
+                bench,
+                int(cfg.seed),
+                float(cfg.worker.timeout_s),
+                extra_attrs={
+                    "device_name": e["device_name"],
+                    "host": e["host"],
+                    "device": w.device,
+                    "pid": os.getpid(),
+                },
+            )
+            for w, e in zip(workers, envs, strict=True)
+        ]
+        objective = objectives[0] if len(objectives) == 1 else PooledObjective(objectives)
+        objective = dashboard.attach_logs(
+            objective, run_dir, dashboard.artifacts_dir_for(str(cfg.storage.url))
         )
         progress = Progress(int(cfg.study.n_trials), show_progress)
         try:
             study.optimize(
                 objective,
                 n_trials=int(cfg.study.n_trials),
+                n_jobs=len(workers),
                 timeout=cfg.study.timeout_s,
                 catch=(CandidateFailed,),
-                callbacks=[progress],
+                callbacks=[progress]
+                + ([Patience(int(cfg.study.patience))] if cfg.study.patience else []),
             )
         finally:
             progress.close()
         panel = sdpa_panel(worker, problem, bench, cfg, int(cfg.seed))
     finally:
-        worker.stop()
+        for w in workers:
+            w.stop()
 
     rows = report.top_k(study, int(cfg.study.top_k))
     again = retime(
@@ -337,7 +314,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         print("FLAG:", note)
     results = {
         "study": study.study_name,
-        "storage": str(cfg.storage.url),
+        "storage": redact(str(cfg.storage.url)),
         "env": env,
         "problem": problem.to_dict() | {"signature": problem.signature()},
         "states": state_counts,
@@ -350,6 +327,11 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         "trials_this_run": int(cfg.study.n_trials),
         "overrides": overrides,
     }
+    default_pick = report.sdpa_default_pick(problem)
+    figures = plots.write_plots(study, run_dir)
+    results["sdpa_default"] = default_pick
+    results["figures"] = figures
+    results["plugins"] = plugins
     markdown = markdown_report(
         study.study_name,
         problem,
@@ -362,8 +344,15 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         notes,
         overrides,
         ranking,
+        default_pick=default_pick,
+        figures=figures,
+        trials_this_run=int(cfg.study.n_trials),
     )
     report.write_run_folder(run_dir, results, markdown, OmegaConf.to_yaml(cfg))
+    note = report.note_markdown(
+        study.study_name, env, state_counts, rows, again, ranking, run_dir, default_pick
+    )
+    dashboard.publish(study, note, plugins, again)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -402,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown option {unknown_flags[0]}; {USAGE}")
         combos = expand_sweeps(overrides) if multirun else [overrides]
         for combo in combos:
-            load(combo)  # every combination is checked before the first study starts
+            cfg, device = load(combo)  # every combination is checked before any study starts
+            resolve_devices(cfg.worker.devices, device)
         for index, combo in enumerate(combos):
             if multirun:
                 print(f"[{index + 1}/{len(combos)}] {' '.join(combo)}", file=sys.stderr)

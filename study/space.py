@@ -74,13 +74,16 @@ class SearchSpace:
 
     # -- encoding -------------------------------------------------------------------------
     def distributions(self) -> dict[str, IntDistribution]:
-        dims = {"variant": IntDistribution(0, len(self.variants) - 1)}
-        for variant in self.variants:
-            for param, values in self.choices[variant.name].items():
-                dims[f"{variant.name}.{param}"] = IntDistribution(0, len(values) - 1)
-        for name, values in self.mutations.items():
-            dims[f"mut.{name}"] = IntDistribution(0, len(values) - 1)
-        return dims
+        cached = self.__dict__.get("_dims")
+        if cached is None:
+            cached = {"variant": IntDistribution(0, len(self.variants) - 1)}
+            for variant in self.variants:
+                for param, values in self.choices[variant.name].items():
+                    cached[f"{variant.name}.{param}"] = IntDistribution(0, len(values) - 1)
+            for name, values in self.mutations.items():
+                cached[f"mut.{name}"] = IntDistribution(0, len(values) - 1)
+            self.__dict__["_dims"] = cached
+        return dict(cached)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, int]:
         return {
@@ -99,9 +102,8 @@ class SearchSpace:
 
     def encode(self, candidate: Candidate) -> dict[str, int]:
         """The flat encoding of a candidate; inert dimensions at 0."""
-        encoded = {name: 0 for name in self.distributions()}
-        names = [v.name for v in self.variants]
-        encoded["variant"] = names.index(candidate.variant)
+        encoded = dict.fromkeys(self.distributions(), 0)
+        encoded["variant"] = [v.name for v in self.variants].index(candidate.variant)
         for p, value in candidate.params.items():
             encoded[f"{candidate.variant}.{p}"] = self.choices[candidate.variant][p].index(value)
         for m, value in candidate.mutations.items():
@@ -109,33 +111,55 @@ class SearchSpace:
         return encoded
 
     # -- validity and enumeration -----------------------------------------------------------
+    def _mutation(self, name: str) -> mut.Mutation:
+        made = self.__dict__.setdefault("_mutation_objects", {})
+        if name not in made:
+            made[name] = mut.make(name, self.mutations[name])
+        return made[name]
+
+    def _mutation_reason(self, variant: Variant, name: str, value: Any) -> str | None:
+        mutation = self._mutation(name)
+        return mutation.supports(self.problem, value) or mutation.applies(variant, value)
+
     def invalid_reason(self, candidate: Candidate) -> str | None:
         variant = next(v for v in self.variants if v.name == candidate.variant)
         reason = variant.valid(self.problem, candidate.params)
         if reason:
             return reason
         for name, value in candidate.mutations.items():
-            reason = mut.make(name, self.mutations[name]).supports(self.problem, value)
+            reason = self._mutation_reason(variant, name, value)
             if reason:
                 return reason
         return None
 
     def candidates(self) -> list[Candidate]:
-        """Every distinct valid effective candidate (what an exhaustive search measures)."""
+        """Every distinct valid effective candidate (what an exhaustive search measures).
+
+        Mutation validity depends on the variant and the value only, so it is checked once per
+        (variant, mutation, value) rather than once per candidate: spaces of 10^5 candidates
+        enumerate in about a second.
+        """
+        cached = self.__dict__.get("_candidates")
+        if cached is not None:
+            return list(cached)
         found = []
         mut_names = list(self.mutations)
-        mut_combos = list(itertools.product(*(self.mutations[m] for m in mut_names)))
         for variant in self.variants:
+            allowed = [
+                [v for v in self.mutations[m] if self._mutation_reason(variant, m, v) is None]
+                for m in mut_names
+            ]
+            mut_combos = [
+                dict(zip(mut_names, combo, strict=True)) for combo in itertools.product(*allowed)
+            ]
             names = list(self.choices[variant.name])
             for values in itertools.product(*(self.choices[variant.name][p] for p in names)):
                 params = dict(zip(names, values, strict=True))
                 if variant.valid(self.problem, params):
                     continue
-                for combo in mut_combos:
-                    cand = Candidate(variant.name, params, dict(zip(mut_names, combo, strict=True)))
-                    if self.invalid_reason(cand) is None:
-                        found.append(cand)
-        return found
+                found.extend(Candidate(variant.name, params, dict(m)) for m in mut_combos)
+        self.__dict__["_candidates"] = found
+        return list(found)
 
     def digest(self) -> str:
         """Short hash of the encoding: a study is tied to one space."""

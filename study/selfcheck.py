@@ -1,0 +1,282 @@
+"""`python -m study.selfcheck [device=... problem=... bench=... space.variants=[a,b]]`.
+
+The first thing to run on a new machine: every registered variant is built, checked and timed in
+a spawned worker with a representative configuration (its first valid parameter combination),
+once with no mutation and once per other applicable value of each mutation (one mutation varied
+at a time). Prints a table: variant, mutation, status, latency, TFLOP/s, and the speedup over the
+fastest SDPA backend of this run. That speedup comes from paired measurements: each row's ratio
+against default SDPA timed in the same trial, divided by the best such ratio of an SDPA backend
+(so drift between rows cancels).
+
+Exit status: 0 when every built-in variant is correct and runs wherever it claims support;
+1 when one is PRUNED (incorrect) or FAILs; 2 for a configuration mistake. A variant that says it
+cannot run the problem (`supports`) is listed as n/a with its reason, not a failure. Defaults:
+the device's default problem and `bench=quick`. On the CPU the Triton variants run under the
+interpreter (correct, slow: their rows use a small problem; the timing is not a CPU speed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import kernels
+from kernels import PluginError, Problem, Variant
+from study import mutations as mut
+from study.config import ConfigError, load, to_container
+from study.run import problem_from
+from study.space import Candidate
+from study.worker import Worker
+
+USAGE = (
+    "usage: python -m study.selfcheck [device=... problem=... bench=... space.variants=[a,b] "
+    "space.exclude=[a,b] space.plugins=[file.py]]"
+)
+# The Triton interpreter is correct but slow: on the CPU its rows use at most this shape.
+INTERPRETED_LIMITS = {"batch": 1, "heads_q": 2, "seq_q": 64, "seq_kv": 64}
+
+
+@dataclasses.dataclass
+class Row:
+    variant: str
+    mutation: str
+    status: str
+    detail: str = ""
+    latency_us: float | None = None
+    tflops: float | None = None
+    speedup_default: float | None = None  # vs default SDPA, same trial
+    vs_fastest: float | None = None
+    builtin: bool = True
+    problem: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.builtin and (self.status.startswith("PRUNED") or self.status == "FAIL")
+
+
+def representative_params(variant: Variant, problem: Problem) -> dict[str, Any] | None:
+    """The first valid combination in the order of the choices (None: there is none)."""
+    names = list(variant.params)
+    for values in itertools.product(*(variant.params[n] for n in names)):
+        params = dict(zip(names, values, strict=True))
+        try:
+            if variant.valid(problem, params) is None:
+                return params
+        except Exception:
+            continue
+    return None if names else {}
+
+
+def mutation_rows(variant: Variant, problem: Problem) -> list[tuple[str, dict[str, Any]]]:
+    """("label", mutations) per row: none, then each other applicable value one at a time."""
+    rows: list[tuple[str, dict[str, Any]]] = [("-", {})]
+    for name, choices in mut.ALL_CHOICES.items():
+        mutation = mut.make(name, list(choices))
+        for value in choices:
+            if value == mut.default_value(name):
+                continue
+            if mutation.supports(problem, value) or mutation.applies(variant, value):
+                continue
+            rows.append((f"{name}={value}", {name: value}))
+    return rows
+
+
+NOT_GATED = (
+    "not run: study/harness.py does not gate reused outputs yet "
+    "(it must check applied.wrap_for_gate(built) and read each timed output before the next "
+    "call on its buffers; see study/mutations.py)"
+)
+
+
+def harness_gates_reused_outputs() -> bool:
+    """True once study/harness.py gates `out=prealloc` / `graph=on` through wrap_for_gate."""
+    from study import harness
+
+    return bool(getattr(harness, "GATES_REUSED_OUTPUTS", False))
+
+
+def _shrunk(problem: Problem) -> Problem:
+    """The problem cut down to INTERPRETED_LIMITS (GQA grouping kept where it fits)."""
+    group = problem.heads_q // problem.heads_kv
+    heads_q = min(problem.heads_q, max(INTERPRETED_LIMITS["heads_q"], group))
+    return dataclasses.replace(
+        problem,
+        batch=min(problem.batch, INTERPRETED_LIMITS["batch"]),
+        heads_q=heads_q,
+        heads_kv=max(1, heads_q // group),
+        seq_q=min(problem.seq_q, INTERPRETED_LIMITS["seq_q"]),
+        seq_kv=min(problem.seq_kv, INTERPRETED_LIMITS["seq_kv"]),
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[Row]) -> str:
+    head = ["variant", "mutation", "status", "latency us", "TFLOP/s", "vs fastest SDPA"]
+    body = [
+        [
+            r.variant,
+            r.mutation,
+            r.status,
+            _fmt(r.latency_us, ".1f"),
+            _fmt(r.tflops, ".4g"),
+            "-" if r.vs_fastest is None else f"{r.vs_fastest:.3f}x",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r, cells in zip(rows, body, strict=True):
+        line = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        notes = [n for n in (r.problem, r.detail) if n]
+        lines.append(line + (f"   ({'; '.join(notes)})" if notes else ""))
+    return "\n".join(lines)
+
+
+def check(
+    problem: Problem,
+    bench: dict[str, Any],
+    names: list[str],
+    worker: Worker,
+    seed: int = 0,
+    timeout_s: float = 300.0,
+    echo: bool = True,
+) -> list[Row]:
+    registry = kernels.variants()
+    reply = worker.call("supports", {"problem": problem.to_dict(), "names": names}, timeout_s)
+    if reply.get("status") != "ok":
+        raise RuntimeError(f"asking the worker which variants run failed: {reply.get('error')}")
+    answers = reply["answers"]
+    rows: list[Row] = []
+    for name in names:
+        variant = registry[name]
+        builtin = variant.source.startswith("kernels.")
+        reason = answers.get(name)
+        if reason:
+            rows.append(Row(name, "-", "n/a", reason, builtin=builtin))
+            continue
+        here = problem
+        if "triton" in variant.tags and not problem.is_cuda:
+            here = _shrunk(problem)
+        params = representative_params(variant, here)
+        if params is None:
+            rows.append(Row(name, "-", "n/a", "no valid parameter combination", builtin=builtin))
+            continue
+        for label, muts in mutation_rows(variant, here):
+            if mut.Applied(muts, here).reuses_output and not harness_gates_reused_outputs():
+                rows.append(Row(name, label, "skipped", NOT_GATED, builtin=builtin))
+                continue
+            task = {
+                "problem": here.to_dict(),
+                "candidate": Candidate(name, params, muts).to_dict(),
+                "bench": bench,
+                "seed": seed,
+                "label": f"selfcheck {name} {label}",
+            }
+            result = worker.call("evaluate", task, timeout_s)
+            row = Row(name, label, "FAIL", builtin=builtin)
+            if here != problem:
+                row.problem = f"interpreted: {here.signature()}"
+            if params:
+                row.detail = ", ".join(f"{k}={v}" for k, v in params.items())
+            status = result.get("status")
+            if status == "ok":
+                row.status = "ok"
+                row.latency_us = result["latency_us"]
+                row.tflops = result["tflops"]
+                row.speedup_default = result.get("paired_speedup") or result["speedup"]
+            elif status == "rejected":
+                row.status = f"PRUNED({result.get('rejected_by')})"
+                row.detail = str(result.get("detail", ""))[:160]
+            else:
+                row.detail = str(result.get("error", ""))[:160]
+            rows.append(row)
+            if echo:
+                print(
+                    f"  {name} {label}: {row.status} {_fmt(row.latency_us, '.1f')} us",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    sdpa = [
+        r.speedup_default
+        for r in rows
+        if r.mutation == "-"
+        and r.speedup_default
+        and "sdpa" in registry[r.variant].tags
+        and not r.problem
+    ]
+    best = max(sdpa) if sdpa else None
+    for r in rows:
+        if r.speedup_default and best and not r.problem:
+            r.vs_fastest = r.speedup_default / best
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+    keys = [a.split("=", 1)[0].lstrip("+") for a in args]
+    overrides = list(args) if "bench" in keys else ["bench=quick", *args]
+    try:
+        cfg, device = load(overrides)
+        plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
+        for path in plugins:
+            kernels.load_plugin(path)
+    except (ConfigError, PluginError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = problem_from(cfg, device)
+    registry = kernels.variants()
+    names = list(cfg.space.variants) or sorted(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        print(f"error: unknown variant(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if "space.exclude" in keys:
+        names = [n for n in names if n not in set(cfg.space.exclude)]
+    print(
+        f"selfcheck on {device}: {problem.signature()}, {len(names)} variants "
+        f"({' '.join(overrides)})",
+        file=sys.stderr,
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="selfcheck-"))
+    worker = Worker(device, plugins, log_dir / "worker.log")
+    try:
+        rows = check(
+            problem,
+            to_container(cfg.bench),
+            names,
+            worker,
+            seed=int(cfg.seed),
+            timeout_s=max(float(cfg.worker.timeout_s), 300.0),
+        )
+    finally:
+        worker.stop()
+    print(table(rows))
+    failed = [r for r in rows if r.failed]
+    if failed:
+        print(
+            f"selfcheck FAILED: {len(failed)} built-in row(s) incorrect or failing: "
+            + ", ".join(f"{r.variant} {r.mutation} {r.status}" for r in failed),
+        )
+        print(f"worker log: {log_dir / 'worker.log'}")
+        return 1
+    print(f"selfcheck passed: {len(rows)} rows; worker log: {log_dir / 'worker.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

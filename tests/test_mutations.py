@@ -1,0 +1,274 @@
+"""Each mutation changes what really runs: the mechanism is shown to take effect, and toggling it
+changes the code path. GPU-only mechanisms (CUDA graphs, the L2 window) are tested on a GPU."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import kernels
+from kernels import Problem
+from study import mutations as mut
+from study.space import Candidate, build_space
+
+CPU = Problem(batch=1, heads_q=2, heads_kv=2, seq_q=16, seq_kv=24, head_dim=8, dtype="float32")
+
+
+def inputs(problem: Problem, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(problem.q_shape(), generator=gen, dtype=torch.float32)
+    k = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
+    v = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
+    return tuple(t.to(problem.dtype).to(problem.device) for t in (q, k, v))  # type: ignore[return-value]
+
+
+class Recorder:
+    """A candidate that records what it was given (strides, pointers, out=, threads)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.calls: list[dict] = []
+
+    def _record(self, q, k, v, out=None) -> torch.Tensor:  # noqa: ANN001
+        self.calls.append(
+            {
+                "strides": [t.stride() for t in (q, k, v)],
+                "ptrs": [t.data_ptr() for t in (q, k, v)],
+                "out": out,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        result = kernels.plain_attention(q, k, v, self.problem.causal, self.problem.scale)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def __call__(self, q, k, v):  # noqa: ANN001, ANN204
+        return self._record(q, k, v)
+
+
+class OutRecorder(Recorder):
+    def __call__(self, q, k, v, *, out=None):  # noqa: ANN001, ANN204
+        return self._record(q, k, v, out=out)
+
+
+def bhsd_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    b, h, s, d = shape
+    return (h * s * d, s * d, d, 1)
+
+
+def bshd_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    b, h, s, d = shape
+    return (s * h * d, d, h * d, 1)
+
+
+# -- layout ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["bhsd", "bshd", "bshd_contiguous"])
+def test_layout_strides_the_candidate_sees(layout: str) -> None:
+    applied = mut.Applied({"layout": layout}, CPU)
+    prepared = applied.prepare_inputs(inputs(CPU))
+    rec = Recorder(CPU)
+    out = applied.wrap(rec)(*prepared)
+    seen = rec.calls[0]["strides"]
+    given = [t.stride() for t in prepared]
+    shapes = [CPU.q_shape(), CPU.kv_shape(), CPU.kv_shape()]
+    if layout == "bhsd":
+        assert given == seen == [bhsd_strides(s) for s in shapes]
+    else:  # the timed callable is handed (B,S,H,D) storage viewed as (B,H,S,D)
+        assert given == [bshd_strides(s) for s in shapes]
+        expected = bhsd_strides if layout == "bshd_contiguous" else bshd_strides
+        assert seen == [expected(s) for s in shapes]
+    copied = rec.calls[0]["ptrs"] != [t.data_ptr() for t in prepared]
+    # bshd_contiguous copies inside the wrapped (timed) call, and only it does
+    assert copied == (layout == "bshd_contiguous")
+    ref = kernels.reference_attention(*prepared, CPU.causal, CPU.scale)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+# -- threads --------------------------------------------------------------------------------------
+def test_threads_set_for_the_call_and_restored() -> None:
+    before = torch.get_num_threads()
+    for value, expected in ((1, 1), (0, before)):
+        applied = mut.Applied({"threads": value}, CPU)
+        rec = Recorder(CPU)
+        run = applied.wrap(rec)
+        with applied.context():
+            run(*inputs(CPU))
+        assert rec.calls[0]["threads"] == expected
+        assert torch.get_num_threads() == before
+    assert mut.make("threads", [0, 2]).supports(CPU.with_device("cuda"), 2)
+
+
+# -- out=prealloc ---------------------------------------------------------------------------------
+def test_prealloc_passes_one_buffer_per_input_set() -> None:
+    applied = mut.Applied({"out": "prealloc"}, CPU)
+    rec = OutRecorder(CPU)
+    run = applied.wrap(rec)
+    first, second = inputs(CPU, 1), inputs(CPU, 2)
+    out1 = run(*first)
+    out1_again = run(*first)
+    out2 = run(*second)
+    assert rec.calls[0]["out"] is out1 and out1_again is out1  # allocated once, reused
+    assert out2.data_ptr() != out1.data_ptr()  # one buffer per input-buffer set
+    ref = kernels.reference_attention(*second, CPU.causal, CPU.scale)
+    assert torch.allclose(out2.double(), ref, atol=1e-5)
+    # refilled in place: new values, same buffer, fresh result
+    with torch.no_grad():
+        for buf, fresh in zip(first, inputs(CPU, 3), strict=True):
+            buf.copy_(fresh)
+    out1_new = run(*first)
+    assert out1_new is out1
+    assert torch.allclose(
+        out1_new.double(), kernels.reference_attention(*first, CPU.causal, CPU.scale), atol=1e-5
+    )
+    # toggled off: the run allocates its own output, no out= is passed
+    rec_off = OutRecorder(CPU)
+    mut.Applied({"out": "none"}, CPU).wrap(rec_off)(*first)
+    assert rec_off.calls[0]["out"] is None
+    assert mut.Applied({"out": "prealloc"}, CPU).reuses_output
+    assert not mut.Applied({"out": "none", "layout": "bshd"}, CPU).reuses_output
+
+
+def test_prealloc_buffer_starts_poisoned_and_gate_version_is_fresh() -> None:
+    seen = []
+
+    def lazy(q, k, v, *, out=None):  # noqa: ANN001, ANN202
+        seen.append(out.clone())
+        out[..., :1] = 0.0  # writes only part of the output
+        return out
+
+    applied = mut.Applied({"out": "prealloc"}, CPU)
+    result = applied.wrap(lazy)(*inputs(CPU))
+    assert torch.isnan(seen[0]).all()  # a kernel that skips elements leaves NaN behind
+    assert torch.isnan(result[..., 1:]).all()
+    gate_run = applied.wrap_for_gate(lazy)
+    a, b = gate_run(*inputs(CPU)), gate_run(*inputs(CPU))
+    assert a.data_ptr() != b.data_ptr()  # the gate sees fresh memory per call
+    assert torch.isnan(seen[-1]).all()
+
+
+def test_prealloc_needs_a_run_that_takes_out() -> None:
+    registry = kernels.variants()
+    out = mut.make("out", ["none", "prealloc"])
+    assert out.applies(registry["plain"], "prealloc")
+    assert out.applies(registry["plain"], "none") is None
+    assert out.applies(registry["compiled_plain"], "prealloc") is None
+    with pytest.raises(TypeError, match="out="):
+        mut.Applied({"out": "prealloc"}, CPU).wrap(Recorder(CPU))
+    # the layout copy forwards out= (and the signature) to the run it wraps
+    rec = OutRecorder(CPU)
+    run = mut.Applied({"out": "prealloc", "layout": "bshd_contiguous"}, CPU).wrap(rec)
+    run(*mut.Applied({"layout": "bshd"}, CPU).prepare_inputs(inputs(CPU)))
+    assert rec.calls[0]["out"] is not None
+    assert rec.calls[0]["strides"][0] == bhsd_strides(CPU.q_shape())
+
+
+def test_space_leaves_out_inapplicable_choices() -> None:
+    registry = kernels.variants()
+    cfg = {
+        "variants": ["plain", "compiled_plain"],
+        "mutations": {"out": ["none", "prealloc"], "graph": ["off", "on"], "l2": ["off", "kv"]},
+    }
+    space = build_space(CPU, cfg, registry, lambda names: dict.fromkeys(names))
+    assert space.mutations == {"out": ["none", "prealloc"], "graph": ["off"], "l2": ["off"]}
+    assert "CUDA" in space.excluded["mutation graph=['on']"]
+    assert "CUDA" in space.excluded["mutation l2=['kv']"]
+    assert space.invalid_reason(Candidate("plain", {}, {"out": "prealloc"}))
+    assert (
+        space.invalid_reason(Candidate("compiled_plain", {"mode": "default"}, {"out": "none"}))
+        is None
+    )
+    assert (
+        space.invalid_reason(Candidate("compiled_plain", {"mode": "default"}, {"out": "prealloc"}))
+        is None
+    )
+    combos = {(c.variant, c.mutations["out"]) for c in space.candidates()}
+    assert ("plain", "prealloc") not in combos and ("compiled_plain", "prealloc") in combos
+
+
+def test_unknown_choices_are_refused() -> None:
+    for name, bad in (("graph", "maybe"), ("l2", "q"), ("out", "stack"), ("layout", "sbhd")):
+        with pytest.raises(KeyError):
+            mut.make(name, [bad])
+
+
+# -- l2=kv: K and V in one allocation (runs anywhere), the window itself on a GPU ------------------
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_l2_places_k_and_v_in_one_allocation(layout: str) -> None:
+    applied = mut.Applied({"layout": layout, "l2": "kv"}, CPU)
+    original = mut.Applied({"layout": layout}, CPU).prepare_inputs(inputs(CPU))
+    q, k, v = applied.prepare_inputs(inputs(CPU))
+    nbytes = k.numel() * k.element_size()
+    assert v.data_ptr() == k.data_ptr() + nbytes  # adjacent: one window covers both
+    assert k.stride() == original[1].stride() and v.stride() == original[2].stride()
+    assert torch.equal(k, original[1]) and torch.equal(v, original[2])
+    assert mut.kv_span(k, v) == (k.data_ptr(), 2 * nbytes)
+
+
+def test_graph_and_l2_need_cuda() -> None:
+    assert "CUDA" in mut.make("graph", ["on"]).supports(CPU, "on")
+    assert "CUDA" in mut.make("l2", ["kv"]).supports(CPU, "kv")
+    assert mut.make("graph", ["off"]).supports(CPU, "off") is None
+
+
+GPU = Problem(
+    batch=1, heads_q=4, heads_kv=4, seq_q=256, seq_kv=256, head_dim=64, dtype="float16",
+    device="cuda",
+)  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_graph_captures_once_per_buffer_set_and_replays() -> None:
+    rec = Recorder(GPU)
+    applied = mut.Applied({"graph": "on"}, GPU)
+    run = applied.wrap(rec)
+    assert isinstance(run, mut.GraphRunner)
+    first, second = inputs(GPU, 1), inputs(GPU, 2)
+    out = run(*first)
+    eager_calls = len(rec.calls)  # warm-up + capture
+    out_again = run(*first)
+    assert len(rec.calls) == eager_calls  # replay: Python code of the candidate did not run
+    assert out_again.data_ptr() == out.data_ptr()
+    run(*second)
+    assert run.captures == 2
+    with torch.no_grad():
+        for buf, fresh in zip(first, inputs(GPU, 3), strict=True):
+            buf.copy_(fresh)
+    replayed = run(*first).clone()
+    ref = kernels.reference_attention(*first, GPU.causal, GPU.scale)
+    assert (replayed.double() - ref).abs().max() < 1e-2  # the replay read the refilled buffers
+    # the SDPA baseline is replayed from a graph too; off: eager, no capture
+    assert isinstance(applied.wrap_baseline(lambda q, k, v: q), mut.GraphRunner)
+    assert mut.Applied({"graph": "off"}, GPU).wrap(rec) is rec
+    gate_run = applied.wrap_for_gate(rec)
+    a, b = gate_run(*first), gate_run(*first)
+    assert a.data_ptr() != b.data_ptr()  # the gate's version: fresh memory per call
+
+
+@pytest.mark.gpu
+def test_l2_window_is_set_during_the_call_and_restored() -> None:
+    pytest.importorskip("cuda.bindings.runtime")
+    limit_before = mut.persisting_limit()
+    seen = []
+
+    def probe(q, k, v):  # noqa: ANN001, ANN202
+        seen.append((mut.stream_window(), mut.persisting_limit()))
+        return kernels.plain_attention(q, k, v, GPU.causal, GPU.scale)
+
+    applied = mut.Applied({"l2": "kv"}, GPU)
+    q, k, v = applied.prepare_inputs(inputs(GPU))
+    run = applied.wrap(probe)
+    run(q, k, v)
+    (base, nbytes), limit = seen[0]
+    assert base == k.data_ptr() and nbytes == min(2 * k.numel() * 2, run.max_window)
+    assert limit >= min(run.max_persist, 2 * GPU.min_bytes()) and limit > 0
+    assert mut.stream_window()[1] == 0  # cleared after the call
+    del run
+    gc.collect()
+    assert mut.persisting_limit() == limit_before  # restored when the candidate is freed
+    seen.clear()
+    mut.Applied({"l2": "off"}, GPU).wrap(probe)(q, k, v)
+    assert seen[0][0][1] == 0  # toggled off: no window
