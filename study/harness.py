@@ -17,6 +17,7 @@ cache by address, all the work batched into one call, a side thread) is caught t
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from typing import Any
@@ -30,8 +31,16 @@ from study.mutations import Applied
 
 # Private reference to the SDPA baseline, taken before any plugin is imported.
 _SDPA = torch._C._nn.scaled_dot_product_attention
+# The worker's global state before any candidate ran: every trial starts from it, so that a
+# candidate that changes state after its own checks (a late thread) cannot hide the next
+# candidate's change, nor slow the next baseline.
+_PRISTINE_STATE = gate.snapshot_state()
 SPOT_REPS = (0, 4, 8, 16, 32, 64, 128, 256, 512)  # refilled and checked (and 2 reps later)
 SPOT_KEEP = 4  # spot-checked timed outputs kept to be read again at the end
+# The gate checks `out=prealloc` and `graph=on` candidates through Applied.wrap_for_gate (fresh
+# memory per call); their timed outputs are re-read before the next call on the same buffers.
+GATES_REUSED_OUTPUTS = True
+LATE_THREAD_WAIT_S = 1.0  # how long a thread a candidate started may take to finish
 
 
 def _refill_rep(rep: int) -> bool:
@@ -55,14 +64,34 @@ class SpotCheck:
         self.pending: tuple[int, torch.Tensor, float] | None = None
         self.refs: dict[int, tuple[torch.Tensor, float]] = {}
         self.gen = torch.Generator(device=problem.device).manual_seed(seed + 12_345)
-        self.kept: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
         self.checked = 0
+
+    def _reread(self, index: int | None) -> None:
+        """Kept timed outputs must still hold what they returned (late or overwritten work).
+
+        Where a mutation reuses output memory per input buffer, an output may only be read
+        until the next call on its buffer: those are re-read just before that call.
+        """
+        keep = []
+        for out, early, rep, buffer in self.kept:
+            if index is None or buffer == index:
+                if not gate._same_values(out.detach(), early):
+                    raise gate.Rejected(
+                        "timed_output", f"timed repetition {rep}: output changed after it returned"
+                    )
+            else:
+                keep.append((out, early, rep, buffer))
+        self.kept = keep
 
     def before_rep(self, rep: int, index: int) -> None:
         """At SPOT_REPS: refill this buffer in place and check the output (rep 0, 4, 8, 16,
         ...); two reps later, check again without a refill (rep 2, 6, 10, 18...): a candidate that
         answers honestly only when it sees its inputs change is caught on the unchanged ones.
         The other reps refill with fresh normal values, unchecked."""
+        if self.applied.reuses_output:
+            gate.synchronize(self.problem)
+            self._reread(index)
         phase = 0 if _refill_rep(rep) else 2 if rep >= 2 and _refill_rep(rep - 2) else 1
         if phase == 0:
             distribution = "tail" if SPOT_REPS.index(rep) % 2 else "normal"
@@ -105,18 +134,32 @@ class SpotCheck:
             ) from None
         assert early is not None
         self.checked += 1
-        self.kept = (self.kept + [(out, early, rep)])[-SPOT_KEEP:]
+        self.kept = (self.kept + [(out, early, rep, index)])[-SPOT_KEEP:]
 
     def finish(self) -> None:
         """Read the kept timed outputs again after a delay: late or overwritten work."""
         time.sleep(gate.LATE_DELAY_S)
         gate.synchronize(self.problem)
         gate.check_guards(self.state)
-        for out, early, rep in self.kept:
-            if not gate._same_values(out.detach(), early):
-                raise gate.Rejected(
-                    "timed_output", f"timed repetition {rep}: output changed after it returned"
-                )
+        self._reread(None)
+
+
+def _no_work_left_behind(threads_before: set[threading.Thread], state: dict[str, Any]) -> None:
+    """Python threads a candidate's calls started must be done when its trial ends.
+
+    A thread still running after the candidate returned can finish its output late, or change
+    global state after the checks (and slow the next baseline): wait for it briefly, check the
+    state again, and reject a thread that outlives the wait.
+    """
+    late = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+    for thread in late:
+        thread.join(timeout=LATE_THREAD_WAIT_S)
+    gate.check_guards(state)
+    alive = [t.name for t in late if t.is_alive()]
+    if alive:
+        raise gate.Rejected(
+            "background_thread", f"threads still running after the trial: {', '.join(alive)}"
+        )
 
 
 def one_line(exc: BaseException) -> str:
@@ -146,8 +189,9 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     applied = Applied(spec.get("mutations", {}), problem)
     torch.manual_seed(seed)
     leftover = gate.restore_patches()  # e.g. a plugin that patched at import time
-    if leftover:
-        result["note"] = f"restored before the build: {leftover}"
+    dirty = gate.restore_state(_PRISTINE_STATE)  # e.g. a late thread of an earlier candidate
+    if leftover or dirty:
+        result["note"] = f"restored before the build: {leftover or ''} {', '.join(dirty)}".strip()
     state = gate.snapshot_state()
     try:
         started = time.perf_counter()
@@ -155,6 +199,7 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
             built = variant.build(problem, **spec.get("params", {}))
         result["build_s"] = round(time.perf_counter() - started, 4)
         run = applied.wrap(built)
+        gate_run = applied.wrap_for_gate(built)
     except Exception as exc:
         gate.restore_patches()
         gate.restore_state(state)
@@ -173,6 +218,12 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         with applied.context():
             return run(q, k, v)
 
+    threads_before = set(threading.enumerate())
+
+    def gate_in_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
+        with applied.context():
+            return gate_run(q, k, v)
+
     def plain_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return baseline_call(problem, q, k, v)
 
@@ -180,7 +231,7 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
 
     try:
         report = gate.run_gate(
-            problem, run_in_context, applied.prepare_inputs, seed, int(bench["check_sets"])
+            problem, gate_in_context, applied.prepare_inputs, seed, int(bench["check_sets"])
         )
     except gate.Rejected as rejected:
         result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
@@ -205,6 +256,7 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
             before_rep=spot.before_rep,
         )
         spot.finish()
+        _no_work_left_behind(threads_before, state)
     except gate.Rejected as rejected:
         gate.restore_patches()
         gate.restore_state(state)
