@@ -254,9 +254,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(s.top_k >= 1, f"study.top_k must be >= 1, got {s.top_k}")
     _check(s.retime_top_k >= 0, f"study.retime_top_k must be >= 0, got {s.retime_top_k}")
-    _check(
-        s.patience is None or s.patience >= 1, f"study.patience must be >= 1, got {s.patience}"
-    )
+    _check(s.patience is None or s.patience >= 1, f"study.patience must be >= 1, got {s.patience}")
     _check(cfg.worker.timeout_s > 0, f"worker.timeout_s must be > 0, got {cfg.worker.timeout_s}")
     b = cfg.bench
     _check(b.check_sets >= 1, f"bench.check_sets must be >= 1, got {b.check_sets}")

@@ -54,33 +54,15 @@ from optuna.distributions import IntDistribution
 
 from study.callbacks import Patience
 from study.config import CONF_DIR, group_options
+from study.objective import RESULT_ATTRS
 
 USAGE = (
     "usage: python -m study.replay table=PATH.csv sampler=NAME|[a,b,...] [seeds=N] [budget=B] "
     "[seed=N] [compare=true] [study.name=...] [storage.url=...] [study.patience=N] "
     "[study.timeout_s=S] [study.n_trials=N] [sampler.<option>=V] [out=PATH.md] [plot=PATH.png]"
 )
-RESULT_COLUMNS = frozenset(
-    {
-        "latency_us",
-        "latency_iqr_us",
-        "latency_min_us",
-        "baseline_latency_us",
-        "baseline_latency_iqr_us",
-        "speedup",
-        "tflops",
-        "rel_err",
-        "max_err",
-        "err_bound",
-        "build_s",
-        "reps",
-        "wall_s",
-        "status",
-        "rejected_by",
-        "error",
-        "detail",
-    }
-)
+# Result columns of a recorded table (what study.record writes): everything else is a parameter.
+RESULT_COLUMNS = frozenset(RESULT_ATTRS) | {"status", "rejected_by", "error", "detail"}
 WITHIN = 0.02  # "reached the optimum": within 2% of the table's best latency
 BUDGET_FRACTIONS = (0.10, 0.20, 0.50)
 DEFAULT_STORAGE = "sqlite:///outputs/studies.db"

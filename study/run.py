@@ -181,41 +181,6 @@ def sdpa_panel(
     return rows
 
 
-def markdown_report(
-    name: str,
-    problem: Problem,
-    env: dict[str, Any],
-    state_counts: dict[str, int],
-    rows: list[dict[str, Any]],
-    again: dict[int, dict[str, Any]],
-    panel: list[dict[str, Any]],
-    space: SearchSpace,
-    notes: list[str],
-    overrides: list[str],
-    ranking: str,
-    default_pick: dict[str, Any] | None = None,
-    figures: dict[str, Any] | None = None,
-    trials_this_run: int | None = None,
-) -> str:
-    """report.md (built by study.report.markdown_report)."""
-    return report.markdown_report(
-        name,
-        problem,
-        env,
-        state_counts,
-        rows,
-        again,
-        panel,
-        space.describe(),
-        notes,
-        overrides,
-        ranking,
-        default_pick=default_pick,
-        figures=figures,
-        trials_this_run=trials_this_run,
-    )
-
-
 def run_one(overrides: list[str], show_progress: bool = True) -> int:
     cfg, device = load(overrides)
     plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
@@ -332,7 +297,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
     results["sdpa_default"] = default_pick
     results["figures"] = figures
     results["plugins"] = plugins
-    markdown = markdown_report(
+    markdown = report.markdown_report(
         study.study_name,
         problem,
         env,
@@ -340,7 +305,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         rows,
         again,
         panel,
-        space,
+        space.describe(),
         notes,
         overrides,
         ranking,
