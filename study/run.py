@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -372,5 +371,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    started = time.time()
     sys.exit(main())
