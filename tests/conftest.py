@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -34,6 +35,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def chunk_plugin(name: str) -> str:
+    """A user's plugin as DESIGN.md shows one: query-chunked plain attention, GQA by repeat, with
+    the chunk as its tunable (16 or 32). Honest: the gate must accept it."""
+    return textwrap.dedent(f"""
+        import torch
+        from kernels import register
+
+        @register("{name}", params={{"chunk": [16, 32]}})
+        def build_{name}(problem, chunk):
+            def run(q, k, v):
+                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+                out = torch.empty_like(q)
+                for s in range(0, q.shape[2], chunk):
+                    w = (q[:, :, s:s + chunk] @ k.transpose(-1, -2)) * problem.scale
+                    out[:, :, s:s + chunk] = torch.softmax(w.float(), -1).to(q.dtype) @ v
+                return out
+            return run
+    """)
 
 
 def run_study(cwd: Path, *overrides: str, timeout: float = 300, module: str = "study.run"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kernels import reference_attention, tuned
 from study import export, report
-from tests.conftest import ROOT, TINY, run_study
+from tests.conftest import ROOT, TINY, chunk_plugin, run_study
 from tests.test_report import finished_study  # noqa: F401 - the shared session fixture
 
 # TINY without its seq_q, which the sweep sets.
@@ -82,22 +82,7 @@ def test_export_round_trips_into_a_callable(finished_study, tmp_path, fresh_seed
 
 def test_sweep_gives_one_study_per_problem_and_export_merges(tmp_path, fresh_seed):
     plugin = tmp_path / "plug.py"
-    plugin.write_text(
-        textwrap.dedent("""
-        import torch
-        from kernels import register
-
-        @register("my_chunk", params={"chunk": [16, 32]})
-        def build(problem, chunk):
-            def run(q, k, v):
-                out = torch.empty_like(q)
-                for s in range(0, q.shape[2], chunk):
-                    w = (q[:, :, s:s + chunk] @ k.transpose(-1, -2)) * problem.scale
-                    out[:, :, s:s + chunk] = torch.softmax(w.float(), -1).to(q.dtype) @ v
-                return out
-            return run
-    """)
-    )
+    plugin.write_text(chunk_plugin("my_chunk"))
     proc = run_study(
         tmp_path,
         "-m",

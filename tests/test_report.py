@@ -15,22 +15,9 @@ import pytest
 from optuna.trial import TrialState
 
 from study import plots, report
-from tests.conftest import TINY, run_study
+from tests.conftest import TINY, chunk_plugin, run_study
 
-PLUGIN = textwrap.dedent("""
-    import torch
-    from kernels import register
-
-    @register("my_chunk", params={"chunk": [16, 32]})
-    def build_chunk(problem, chunk):
-        def run(q, k, v):
-            out = torch.empty_like(q)
-            for s in range(0, q.shape[2], chunk):
-                w = (q[:, :, s:s + chunk] @ k.transpose(-1, -2)) * problem.scale
-                out[:, :, s:s + chunk] = torch.softmax(w.float(), -1).to(q.dtype) @ v
-            return out
-        return run
-
+PLUGIN = chunk_plugin("my_chunk") + textwrap.dedent("""
     @register("wrong_scale")
     def build_wrong(problem):
         def run(q, k, v):

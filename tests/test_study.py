@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import TINY, load_only_study, run_study
+from tests.conftest import TINY, chunk_plugin, load_only_study, run_study
 
 COMPLETE_ATTRS = (
     "variant",
@@ -79,24 +79,7 @@ def test_study_runs_resumes_and_records(tmp_path):
 
 def test_plugin_variant_is_searched(tmp_path):
     plugin = tmp_path / "my_attention.py"
-    plugin.write_text(
-        textwrap.dedent("""
-        import torch
-        from kernels import register
-
-        @register("my_variant", params={"chunk": [16, 32]})
-        def build(problem, chunk):
-            def run(q, k, v):
-                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-                v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-                out = torch.empty_like(q)
-                for s in range(0, q.shape[2], chunk):
-                    w = (q[:, :, s:s + chunk] @ k.transpose(-1, -2)) * problem.scale
-                    out[:, :, s:s + chunk] = torch.softmax(w.float(), -1).to(q.dtype) @ v
-                return out
-            return run
-    """)
-    )
+    plugin.write_text(chunk_plugin("my_variant"))
     proc = run_study(
         tmp_path,
         *TINY,
