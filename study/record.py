@@ -10,8 +10,11 @@ for that row), then the result columns. `latency_us` is empty when the candidate
 harness as a live trial, with the same per-trial input seed (`trial_seed(seed, row)`).
 
 A provenance side file PATH.json records the device and software versions, the date, the
-problem, the space, the bench settings and the overrides. Rows are written as they are measured,
-so an interrupted recording keeps what it measured.
+problem, the space, the bench settings and the overrides. The table is rewritten after each
+measurement, so an interrupted recording keeps what it measured.
+
+`rounds=N` measures every candidate N times, each round in a new shuffled order, and keeps the
+median over rounds: a minute of machine drift then moves one of a row's N figures, not the row.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import kernels
 from study.config import ConfigError, load, to_container
@@ -32,7 +38,7 @@ from study.objective import trial_seed
 from study.space import SpaceError, build_space
 from study.worker import Worker
 
-USAGE = "usage: python -m study.record [run overrides] out=PATH.csv"
+USAGE = "usage: python -m study.record [run overrides] out=PATH.csv [rounds=N]"
 RESULT_COLUMNS = (
     "latency_us",
     "latency_iqr_us",
@@ -68,7 +74,49 @@ def row_for(space: Any, candidate: Any, result: dict[str, Any]) -> dict[str, Any
     return row
 
 
-def record(overrides: list[str], out: Path) -> int:
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One candidate's result over its rounds: medians of the per-round figures.
+
+    A candidate rejected or failed in any round is rejected/failed (its first such round says
+    why). With two or more rounds, `latency_iqr_us` is the IQR of the per-round medians (how much
+    the candidate moved between rounds), not the spread inside one round.
+    """
+    for result in results:
+        if result.get("status") != "ok":
+            return result
+    merged = dict(results[0])
+    for key in ("latency_us", "baseline_latency_us", "speedup"):
+        merged[key] = float(np.median([float(r[key]) for r in results]))
+    merged["latency_min_us"] = min(float(r["latency_min_us"]) for r in results)
+    if len(results) > 1:
+        q25, q75 = np.percentile([float(r["latency_us"]) for r in results], [25, 75])
+        merged["latency_iqr_us"] = float(q75 - q25)
+    return merged
+
+
+def write_table(
+    out: Path,
+    columns: list[str],
+    space: Any,
+    candidates: list[Any],
+    results: list[list[dict[str, Any]]],
+) -> dict[str, int]:
+    """Write every measured candidate's merged row (atomically: a reader never sees half a file)."""
+    counts = {"ok": 0, "rejected": 0, "error": 0}
+    partial = out.with_suffix(".csv.partial")
+    with partial.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        for candidate, measured in zip(candidates, results, strict=True):
+            if measured:
+                row = row_for(space, candidate, merge_rounds(measured))
+                counts[row["status"]] += 1
+                writer.writerow(row)
+    partial.replace(out)
+    return counts
+
+
+def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
     from study.run import problem_from
 
     cfg, device = load(overrides)
@@ -109,36 +157,44 @@ def record(overrides: list[str], out: Path) -> int:
             "seed": int(cfg.seed),
             "overrides": overrides,
             "rows": len(candidates),
+            "rounds": rounds,
             "load_average_at_start": list(os.getloadavg()),
-            "value": "latency_us: median candidate latency, microseconds (empty: incorrect/failed)",
+            "value": (
+                "latency_us: median candidate latency, microseconds (empty: incorrect/failed); "
+                "with rounds > 1 the median over rounds of each round's median, and "
+                "latency_iqr_us the IQR of those per-round medians"
+            ),
         }
         print(
-            f"recording {len(candidates)} candidates of {problem.signature()} on "
+            f"recording {len(candidates)} candidates x {rounds} round(s) of "
+            f"{problem.signature()} on "
             f"{env.get('device_name')} into {out}",
             file=sys.stderr,
         )
-        counts = {"ok": 0, "rejected": 0, "error": 0}
-        with out.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-            writer.writeheader()
-            for index, candidate in enumerate(candidates):
+        results: list[list[dict[str, Any]]] = [[] for _ in candidates]
+        order = list(range(len(candidates)))
+        shuffle = random.Random(int(cfg.seed))
+        for round_no in range(rounds):
+            for done, index in enumerate(order):
+                candidate = candidates[index]
                 task = {
                     "problem": problem.to_dict(),
                     "candidate": candidate.to_dict(),
                     "bench": bench,
-                    "seed": trial_seed(int(cfg.seed), index),
+                    "seed": trial_seed(int(cfg.seed), index + round_no * len(candidates)),
                     "label": f"record {index}: {candidate.label()}",
                 }
                 result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
-                row = row_for(space, candidate, result)
-                counts[row["status"]] += 1
-                writer.writerow(row)
-                fh.flush()
+                results[index].append(result)
+                counts = write_table(out, columns, space, candidates, results)
+                row = row_for(space, candidate, merge_rounds(results[index]))
                 print(
-                    f"  [{index + 1}/{len(candidates)}] {candidate.label()}: "
+                    f"  round {round_no + 1}/{rounds} [{done + 1}/{len(candidates)}] "
+                    f"{candidate.label()}: "
                     f"{row.get('latency_us') or row.get('rejected_by') or row.get('error')}",
                     file=sys.stderr,
                 )
+            shuffle.shuffle(order)  # the next round meets drift in another order
     finally:
         worker.stop()
     provenance["counts"] = counts
@@ -156,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     outs = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
-    overrides = [a for a in args if not a.startswith("out=")]
+    round_args = [a.split("=", 1)[1] for a in args if a.startswith("rounds=")]
+    overrides = [a for a in args if not a.startswith(("out=", "rounds="))]
     try:
+        rounds = int(round_args[-1]) if round_args else 1
+    except ValueError:
+        rounds = 0
+    try:
+        if rounds < 1:
+            raise ConfigError(f"rounds={round_args[-1]} must be a positive integer")
         if not outs or not outs[-1]:
             raise ConfigError(f"out=PATH.csv is required; {USAGE}")
         if not outs[-1].endswith(".csv"):
@@ -165,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [a for a in overrides if a.startswith("-")]
         if bad:
             raise ConfigError(f"unknown option {bad[0]}; {USAGE}")
-        return record(overrides, Path(outs[-1]))
+        return record(overrides, Path(outs[-1]), rounds)
     except (ConfigError, SpaceError, kernels.PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,15 +18,15 @@ from tests.conftest import run_study
 OVERRIDES = [
     "device=cpu",
     "problem=small_cpu",
-    "problem.heads_q=2",
-    "problem.heads_kv=2",
+    "problem.heads_q=4",
+    "problem.heads_kv=2",  # GQA: every built-in CPU variant applies (grouped needs it)
     "problem.seq_q=96",
     "problem.seq_kv=96",
     "problem.head_dim=16",
     # flex compiles its CPU template for about a minute per layout: tests/test_compiled.py has it
     "space.exclude=[flex]",
 ]
-PROBLEM = Problem(batch=1, heads_q=2, heads_kv=2, seq_q=96, seq_kv=96, head_dim=16, dtype="float32")
+PROBLEM = Problem(batch=1, heads_q=4, heads_kv=2, seq_q=96, seq_kv=96, head_dim=16, dtype="float32")
 CUDA_ONLY = {"sdpa_cudnn", "sdpa_efficient"}
 
 

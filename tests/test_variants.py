@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import Problem, plain_attention, reference_attention
-from study.gate import ATOL
+from kernels import Problem, reference_attention
+from study.gate import ATOL, make_inputs, plain_error
 
 SHAPES = [
     # batch, heads_q, heads_kv, seq_q, seq_kv, head_dim
@@ -29,15 +29,17 @@ def _cases():
         )
 
 
-def _check(variant, problem, params, seed):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(problem.q_shape(), generator=gen).to(problem.dtype).to(problem.device)
-    k = torch.randn(problem.kv_shape(), generator=gen).to(problem.dtype).to(problem.device)
-    v = torch.randn(problem.kv_shape(), generator=gen).to(problem.dtype).to(problem.device)
+def _check(variant, problem, params, seed, distribution=None):
+    if distribution is None:
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(problem.q_shape(), generator=gen).to(problem.dtype).to(problem.device)
+        k = torch.randn(problem.kv_shape(), generator=gen).to(problem.dtype).to(problem.device)
+        v = torch.randn(problem.kv_shape(), generator=gen).to(problem.dtype).to(problem.device)
+    else:  # the gate's own input sets (large scores are where rounding order shows)
+        q, k, v = make_inputs(problem, seed, distribution)
     out = variant.build(problem, **params)(q, k, v)
     ref = reference_attention(q, k, v, problem.causal, problem.scale)
-    plain = plain_attention(q, k, v, problem.causal, problem.scale)
-    bound = 2 * (plain.double() - ref).abs().max().item() + ATOL[problem.dtype]
+    bound = 2 * plain_error(problem, q, k, v, ref) + ATOL[problem.dtype]
     assert out.shape == problem.q_shape() and out.dtype == problem.dtype
     err = (out.double() - ref).abs().max().item()
     assert err <= bound, f"{variant.name} {params}: {err:.3e} > {bound:.3e}"
@@ -62,6 +64,40 @@ def test_builtin_variants_match_reference(shape, causal, dtype, fresh_seed):
             _check(variant, problem, params, fresh_seed + checked)
             checked += 1
     assert checked >= len(BUILTIN_PLAIN) - 1
+
+
+GQA_SHAPES = [
+    (2, 4, 2, 37, 53, 64),  # Sq != Skv, tails
+    (1, 4, 1, 70, 20, 16),  # MQA, Sq > Skv
+    (1, 8, 2, 1, 90, 128),  # decode, head dim 128
+    (1, 6, 3, 5, 40, 64),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", GQA_SHAPES, ids=str)
+def test_grouped_packed_heads_match_reference(shape, causal, dtype, fresh_seed):
+    """Whole rows and split-KV blocks (tails, blocks a causal row does not see) merge exactly,
+    within the gate's bound on the gate's hardest input sets too."""
+    problem = Problem(*shape, dtype=dtype, causal=causal, device="cpu")
+    grouped = kernels.variants()["grouped"]
+    assert grouped.supports(problem) is None
+    checked = 0
+    for kv_block in (0, 7, 16, 32):
+        if grouped.valid(problem, {"kv_block": kv_block}) is None:
+            for distribution in (None, "large", "peaked", "tail"):
+                _check(grouped, problem, {"kv_block": kv_block}, fresh_seed + checked, distribution)
+                checked += 1
+    assert checked >= 8
+
+
+def test_grouped_applies_to_gqa_only_and_rejects_blocks_past_the_keys():
+    grouped = kernels.variants()["grouped"]
+    assert "GQA" in grouped.supports(Problem(1, 4, 4, 8, 8, 16, dtype=torch.float32))
+    gqa = Problem(1, 4, 2, 1, 512, 16, dtype=torch.float32)
+    assert grouped.valid(gqa, {"kv_block": 256}) is None
+    assert "kv_block=0" in grouped.valid(gqa, {"kv_block": 512})
 
 
 def test_cuda_only_backends_say_why_on_cpu():
