@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -38,16 +40,27 @@ def reference_attention(
     return torch.einsum("bhqk,bhkd->bhqd", weights, v64)
 
 
+def qk_matmul(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Q K^T as torch.matmul sums it: plain attention's order."""
+    return torch.matmul(q, k.transpose(-2, -1))
+
+
 def plain_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    scale: float,
+    qk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = qk_matmul,
 ) -> torch.Tensor:
     """softmax(Q K^T * scale) V in the inputs' dtype: the error yardstick of the gate.
 
     Softmax runs in float32 as every production implementation does; the matmuls stay in the
-    input dtype.
+    input dtype. `qk(q, k)` computes the unscaled scores (K already expanded to q's heads):
+    the gate passes other summation orders of the same product.
     """
     k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    scores = qk(q, k) * scale
     if causal:
         allowed = causal_mask(q.shape[2], k.shape[2], q.device)
         scores = scores.masked_fill(~allowed, float("-inf"))

@@ -7,9 +7,10 @@ matrix-vector product, bound by memory. Viewing q (B, Hq, Sq, D) as (B, Hkv, gro
 (query head h = kv head h // group, so the packed rows of one K/V head are contiguous) makes it
 one matrix-matrix product per K/V head that reads K and V once.
 
-`kv_block > 0` splits the keys into blocks of that many (split-KV, as flash-decoding does): each
-block's partial output and log-sum-exp are computed on their own and merged exactly, so the score
-block stays small; 0 keeps the whole score row.
+`kv_splits > 1` splits the keys into that many blocks (split-KV, as flash-decoding does): each
+block's partial output and log-sum-exp are computed on their own and merged exactly, so a score
+block stays small; 1 keeps the whole score row. A count rather than a block size keeps the
+choices ordered from "whole" to "finest" whatever seq_kv is.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def _needs_gqa(problem: Problem) -> str | None:
     return None
 
 
-def _kv_block_valid(problem: Problem, kv_block: int) -> str | None:
-    if kv_block and kv_block >= problem.seq_kv:
-        return f"kv_block {kv_block} >= seq_kv {problem.seq_kv} is kv_block=0"
+def _kv_splits_valid(problem: Problem, kv_splits: int) -> str | None:
+    if kv_splits > 1 and 2 * kv_splits > problem.seq_kv:
+        return f"kv_splits {kv_splits} leaves fewer than 2 keys a block (seq_kv {problem.seq_kv})"
     return None
 
 
@@ -43,15 +44,16 @@ def _packed_mask(problem: Problem) -> torch.Tensor | None:
 
 @register(
     "grouped",
-    params={"kv_block": [0, 256, 512, 1024, 2048]},
+    params={"kv_splits": [1, 2, 4, 8, 16]},
     supports=_needs_gqa,
-    valid=_kv_block_valid,
+    valid=_kv_splits_valid,
     tags=("plain",),
 )
-def build_grouped(problem: Problem, kv_block: int):
+def build_grouped(problem: Problem, kv_splits: int):
     """GQA attention as one GEMM per K/V head (query heads packed), optionally split over keys."""
     allowed = _packed_mask(problem)
     scale = problem.scale
+    kv_block = -(-problem.seq_kv // kv_splits)  # ceil: kv_splits blocks at most
 
     def scores_of(qp: torch.Tensor, k: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         # (K Q^T)^T, scaled in the input dtype, as plain attention rounds: Q K^T with the packed
@@ -67,7 +69,7 @@ def build_grouped(problem: Problem, kv_block: int):
         batch, heads_q, seq_q, dim = q.shape
         heads_kv, seq_kv = k.shape[1], k.shape[2]
         qp = q.reshape(batch, heads_kv, heads_q // heads_kv * seq_q, dim)
-        if not kv_block:
+        if kv_splits == 1:
             weights = torch.softmax(scores_of(qp, k, 0, seq_kv), dim=-1).to(q.dtype)
             return torch.matmul(weights, v).reshape(batch, heads_q, seq_q, dim)
         parts, maxima, sums = [], [], []

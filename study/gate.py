@@ -40,6 +40,7 @@ import kernels
 import kernels._reference
 import kernels.sdpa
 from kernels import Problem, plain_attention, reference_attention
+from kernels._reference import expand_kv, qk_matmul
 from study import timing
 
 # normal, uniform, peaked and offset as before; tail: large values in the last key/value rows
@@ -283,17 +284,23 @@ def check_guards(state: dict[str, Any]) -> None:
 
 
 # -- checks -----------------------------------------------------------------------------------
+POISON_BLOCKS = 8  # output-sized blocks poisoned before each gated call (the gate frees ~6)
+
+
 def poison_free_memory(problem: Problem, nbytes: int) -> None:
     """Fill soon-to-be-reused memory with NaN and free it: stale memory cannot pass for output.
 
-    Several blocks: one of exactly the output's size and dtype (the allocator hands the freed
-    plain output's block to the next request of that size) and a larger raw one.
+    Several blocks of exactly the output's size and dtype (the allocator hands a recently
+    freed block of that size, such as a plain output the gate just computed, to the next
+    request of that size, and glibc's bins do not hand back the most recent one first: so
+    every such free block is taken and poisoned) and a larger raw one.
     """
     device = problem.device if problem.is_cuda else "cpu"
     junk = [
-        torch.full(problem.q_shape(), float("nan"), dtype=problem.dtype, device=device),
-        torch.full((max(nbytes // 4, 1),), float("nan"), device=device),
+        torch.full(problem.q_shape(), float("nan"), dtype=problem.dtype, device=device)
+        for _ in range(POISON_BLOCKS)
     ]
+    junk.append(torch.full((max(nbytes // 4, 1),), float("nan"), device=device))
     del junk
 
 
@@ -369,7 +376,36 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
 
 
-PLAIN_ORDERS = 4  # summation orders of the plain yardstick (see plain_error)
+def _qk_transposed(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(K Q^T)^T: the same product, the GEMM's operands swapped."""
+    return torch.matmul(k, q.transpose(-2, -1)).transpose(-2, -1)
+
+
+def _qk_permuted(
+    qk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seed: int | None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`qk` over the head dimension reversed (seed None) or in a seeded random order: every
+    score the same, summed in another order."""
+
+    def permuted_qk(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if seed is None:
+            return qk(q.flip(-1), k.flip(-1))
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(q.shape[-1], generator=gen).to(q.device)
+        return qk(q.index_select(-1, order), k.index_select(-1, order))
+
+    return permuted_qk
+
+
+# Summation orders of the plain yardstick (see plain_error); the first is plain_attention's own.
+PLAIN_ORDERS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
+    qk_matmul,
+    _qk_transposed,
+    _qk_permuted(qk_matmul, None),
+    _qk_permuted(_qk_transposed, None),
+    _qk_permuted(qk_matmul, 1),
+    _qk_permuted(_qk_transposed, 2),
+)
 
 
 def plain_error(
@@ -381,25 +417,18 @@ def plain_error(
     nearly tied (the `large` and `peaked` sets), the output error is the rounding error of the
     tied scores times the gap between their values, so a correct kernel that sums its dot
     products in another order than torch.matmul (another GEMM blocking, packed GQA heads, a
-    Triton tile) lands above twice one lucky draw about a third of the time. Permuting the head
-    dimension of q and k together leaves every score mathematically unchanged and changes the
-    order of its sum; the worst of PLAIN_ORDERS such draws is a yardstick without the luck.
+    Triton tile) lands above twice one lucky draw about a third of the time. The same plain
+    attention with Q K^T summed in other orders (the GEMM's operands swapped, the head
+    dimension reversed or shuffled) gives other draws; the worst of six is a yardstick
+    without the luck (one correct kernel's sets in about a thousand still land above twice
+    it: the rounding of a near-tie is a draw, not a bound).
     A cheat (lower precision, dropped keys, a constant) is off by orders of magnitude either way.
     """
     finite = torch.isfinite(ref)
-    gen = torch.Generator().manual_seed(problem.head_dim)
     worst = 0.0
-    for order in range(PLAIN_ORDERS):
-        if order == 0:
-            qo, ko = q, k
-        else:
-            perm = (
-                torch.arange(problem.head_dim - 1, -1, -1)
-                if order == 1
-                else torch.randperm(problem.head_dim, generator=gen)
-            ).to(q.device)
-            qo, ko = q.index_select(-1, perm), k.index_select(-1, perm)
-        plain = plain_attention(qo, ko, v, problem.causal, problem.scale)
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])  # once, not once per order
+    for qk in PLAIN_ORDERS:
+        plain = plain_attention(q, k, v, problem.causal, problem.scale, qk=qk)
         diff = (plain.to(torch.float64) - ref).abs()
         diff = diff[finite & torch.isfinite(diff)]
         if diff.numel():

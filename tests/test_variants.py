@@ -84,20 +84,21 @@ def test_grouped_packed_heads_match_reference(shape, causal, dtype, fresh_seed):
     grouped = kernels.variants()["grouped"]
     assert grouped.supports(problem) is None
     checked = 0
-    for kv_block in (0, 7, 16, 32):
-        if grouped.valid(problem, {"kv_block": kv_block}) is None:
+    for kv_splits in (1, 2, 3, 5):
+        if grouped.valid(problem, {"kv_splits": kv_splits}) is None:
             for distribution in (None, "large", "peaked", "tail"):
-                _check(grouped, problem, {"kv_block": kv_block}, fresh_seed + checked, distribution)
+                params = {"kv_splits": kv_splits}
+                _check(grouped, problem, params, fresh_seed + checked, distribution)
                 checked += 1
-    assert checked >= 8
+    assert checked >= 16
 
 
 def test_grouped_applies_to_gqa_only_and_rejects_blocks_past_the_keys():
     grouped = kernels.variants()["grouped"]
     assert "GQA" in grouped.supports(Problem(1, 4, 4, 8, 8, 16, dtype=torch.float32))
-    gqa = Problem(1, 4, 2, 1, 512, 16, dtype=torch.float32)
-    assert grouped.valid(gqa, {"kv_block": 256}) is None
-    assert "kv_block=0" in grouped.valid(gqa, {"kv_block": 512})
+    gqa = Problem(1, 4, 2, 1, 8, 16, dtype=torch.float32)
+    assert grouped.valid(gqa, {"kv_splits": 4}) is None
+    assert "fewer than 2 keys" in grouped.valid(gqa, {"kv_splits": 5})
 
 
 def test_cuda_only_backends_say_why_on_cpu():
