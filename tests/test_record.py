@@ -1,0 +1,61 @@
+"""`python -m study.record`: every candidate measured once per round, a table replay can search."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from study import replay
+from tests.conftest import TINY, run_study
+
+# plain, chunked(16), chunked(32) on one layout and thread count: three candidates.
+SPACE = [
+    "space.variants=[plain,chunked]",
+    "+space.params.chunked.chunk=[16,32]",
+    "space.mutations.layout=[bhsd]",
+    "space.mutations.threads=[0]",
+    "bench.check_sets=1",
+]
+
+
+def test_record_two_rounds_then_replay_finds_the_recorded_optimum(tmp_path: Path) -> None:
+    out = tmp_path / "landscape.csv"
+    proc = run_study(tmp_path, *TINY, *SPACE, f"out={out}", "rounds=2", module="study.record")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # each candidate measured once in each round, in a new order the second time
+    assert proc.stderr.count("round 1/2 [") == 3 and proc.stderr.count("round 2/2 [") == 3
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3
+    assert sorted((r["variant"], r["chunked.chunk"]) for r in rows) == [
+        ("chunked", "16"),
+        ("chunked", "32"),
+        ("plain", ""),
+    ]
+    assert all(r["status"] == "ok" and float(r["latency_us"]) > 0 for r in rows)
+    assert all(float(r["latency_min_us"]) <= float(r["latency_us"]) for r in rows)
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    assert provenance["rounds"] == 2 and provenance["rows"] == 3
+    assert provenance["counts"] == {"ok": 3, "rejected": 0, "error": 0}
+    assert provenance["problem"]["seq_q"] == 64 and provenance["env"]["device"] == "cpu"
+    assert not out.with_suffix(".csv.partial").exists()
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    table = replay.load_table(out)
+    assert {"variant", "chunked.chunk"} <= set(table.columns) and table.size == 3
+    result = replay.run_study(table, "grid", seed=0)
+    assert [t.state for t in result.study.trials] == [TrialState.COMPLETE] * 3
+    assert result.study.best_value == min(float(r["latency_us"]) for r in rows)
+
+
+def test_record_refuses_bad_rounds_in_one_line(tmp_path: Path) -> None:
+    for bad in ("rounds=0", "rounds=two"):
+        proc = run_study(
+            tmp_path, *TINY, f"out={tmp_path / 'x.csv'}", bad, module="study.record", timeout=60
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "rounds=" in proc.stderr
+        assert not (tmp_path / "x.csv").exists()
