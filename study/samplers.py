@@ -24,8 +24,8 @@ candidate). The samplers use it to handle known configurations deliberately:
   distinct candidates unless configured), tournament selection, uniform crossover, per-gene
   mutation (random value, or one step for ordered dimensions), elitism (the best of parents and
   children survive), generations; the first generation is stratified by variant (a variant
-  uniformly, then one of its candidates), so that a variant with many tunables does not crowd
-  out one with none.
+  with weight sqrt(its candidates), then one of its candidates), so that a variant with many
+  tunables does not crowd out one with none.
 - tpe: Optuna's multivariate TPE, asked again when it proposes a known configuration.
 - random: uniform over the distinct candidates not measured yet (sampling without replacement),
   which is the random-search baseline of the comparison.
@@ -404,9 +404,11 @@ class KnownAwareSampler(BaseSampler):
     def unmeasured(self, by_variant: bool = False) -> dict[str, int] | None:
         """A uniformly drawn candidate whose result is neither known nor pending.
 
-        by_variant: first a variant uniformly (among those with unmeasured candidates), then
-        one of its candidates: a variant with 40 tile configurations is not 40 times as likely
-        to be tried as SDPA with none (ANCHORS: the big wins come from the algorithm).
+        by_variant: first a variant, with weight the square root of its number of candidates,
+        then one of its candidates: a variant with 36 tile configurations is 6 (not 36) times as
+        likely to be tried as SDPA with one. Uniform over variants helped where the optimum is
+        a variant with few candidates and hurt where it is the one with many; the square root
+        was the better compromise on the recorded landscapes (docs/samplers.md).
         """
         if self._candidates is None:
             self._candidates = [(self._space.encode(c), c.key()) for c in self._space.candidates()]
