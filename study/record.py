@@ -212,15 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     outs = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
-    round_args = [a.split("=", 1)[1] for a in args if a.startswith("rounds=")]
+    rounds = ([a.split("=", 1)[1] for a in args if a.startswith("rounds=")] or ["1"])[-1]
     overrides = [a for a in args if not a.startswith(("out=", "rounds="))]
     try:
-        rounds = int(round_args[-1]) if round_args else 1
-    except ValueError:
-        rounds = 0
-    try:
-        if rounds < 1:
-            raise ConfigError(f"rounds={round_args[-1]} must be a positive integer")
+        if not rounds.isdigit() or int(rounds) < 1:
+            raise ConfigError(f"rounds={rounds} must be a positive integer")
         if not outs or not outs[-1]:
             raise ConfigError(f"out=PATH.csv is required; {USAGE}")
         if not outs[-1].endswith(".csv"):
@@ -228,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [a for a in overrides if a.startswith("-")]
         if bad:
             raise ConfigError(f"unknown option {bad[0]}; {USAGE}")
-        return record(overrides, Path(outs[-1]), rounds)
+        return record(overrides, Path(outs[-1]), int(rounds))
     except (ConfigError, SpaceError, kernels.PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
