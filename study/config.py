@@ -63,6 +63,7 @@ class SamplerConfig:
     population_size: int | None = None
     mutation_prob: float | None = None
     crossover_prob: float | None = None
+    offspring: int | None = None
 
 
 @dataclass
@@ -276,6 +277,11 @@ def validate(cfg: DictConfig) -> None:
         f"sampler.name={cfg.sampler.name} is not valid; choose one of: "
         f"{', '.join(o for o in group_options('sampler'))}",
     )
+    g = cfg.sampler
+    for key in ("population_size", "offspring"):
+        _check(g[key] is None or g[key] >= 1, f"sampler.{key} must be >= 1, got {g[key]}")
+    for key in ("mutation_prob", "crossover_prob"):
+        _check(g[key] is None or 0 <= g[key] <= 1, f"sampler.{key} must be in [0, 1], got {g[key]}")
     url = str(cfg.storage.url)
     _check("://" in url, f"storage.url={url} is not a database URL (e.g. sqlite:///file.db)")
 

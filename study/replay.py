@@ -258,6 +258,16 @@ class ReplaySpace:
     def candidates(self) -> list[RowCandidate]:
         return [RowCandidate(r) for r in range(self.table.size)]
 
+    def active_encoding(self, candidate: RowCandidate) -> dict[str, int]:
+        """The row's non-empty columns as indices (empty = inert, as live)."""
+        if candidate.row is None:
+            return dict(zip(self.columns, candidate.missing, strict=True))
+        return {
+            c: int(i)
+            for c, i in zip(self.columns, self.table.index[candidate.row], strict=True)
+            if i >= 0
+        }
+
     def invalid_reason(self, candidate: RowCandidate) -> str | None:
         return None if candidate.row is not None else "not in the table"
 
@@ -361,6 +371,15 @@ class RunResult:
     study: optuna.Study
 
 
+def _build_sampler(name: str, options: dict[str, Any], space: ReplaySpace, seed: int) -> Any:
+    from study.samplers import make_sampler
+
+    try:
+        return make_sampler(sampler_config(name, options), space, seed)
+    except (TypeError, ValueError) as exc:  # a sampler.<option> of the wrong kind or range
+        raise ReplayError(str(exc)) from None
+
+
 def run_study(
     table: Table,
     sampler_name: str,
@@ -377,10 +396,9 @@ def run_study(
     space: ReplaySpace | None = None,
 ) -> RunResult:
     """One replay study. Returns the evaluation trace and the trial count."""
-    from study.samplers import make_sampler
 
     space = space or ReplaySpace(table)
-    sampler = make_sampler(sampler_config(sampler_name, sampler_options or {}), space, seed)
+    sampler = _build_sampler(sampler_name, sampler_options or {}, space, seed)
     if storage is None:
         storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
@@ -854,6 +872,8 @@ def main(argv: list[str] | None = None) -> int:
         tables = [load_table(p) for p in opts["tables"]]
         for table in tables:
             ReplaySpace(table)  # ambiguity and duplicate rows are input errors too
+        for name in opts["samplers"]:  # a bad sampler.<option> is refused before any output
+            _build_sampler(name, opts["sampler_options"], ReplaySpace(tables[0]), 0)
         if opts["compare_mode"]:
             return _compare(opts, tables)
         return _single(opts, tables[0])

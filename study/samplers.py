@@ -23,9 +23,12 @@ candidate). The samplers use it to handle known configurations deliberately:
 - ga: a genetic algorithm of our own: population (about the square root of the number of
   distinct candidates unless configured), tournament selection, uniform crossover, per-gene
   mutation (random value, or one step for ordered dimensions), elitism (the best of parents and
-  children survive), generations; the first generation is stratified by variant (a variant
-  with weight sqrt(its candidates), then one of its candidates), so that a variant with many
-  tunables does not crowd out one with none.
+  children survive), generations, and surrogate screening (pre-selection): each trial gets the
+  fresh one of `offspring` (16) children that a Thompson draw of a Bayesian additive model of
+  log latency (study/surrogate.py) scores best. The first generation is one candidate of each
+  variant, then the model's picks. `ga_plain` is the same GA without the model (one child per
+  trial; first generation stratified by variant with weight sqrt(its candidates)), kept as the
+  baseline the screening is measured against.
 - tpe: Optuna's multivariate TPE, asked again when it proposes a known configuration.
 - random: uniform over the distinct candidates not measured yet (sampling without replacement),
   which is the random-search baseline of the comparison.
@@ -54,10 +57,13 @@ from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-SAMPLERS = ("cmaes", "catcma", "ga", "tpe", "random", "grid", "cmaes_optuna", "nsga2")
+from study.surrogate import AdditiveModel, log_safe
+
+SAMPLERS = ("cmaes", "catcma", "ga", "tpe", "random", "grid", "ga_plain", "cmaes_optuna", "nsga2")
 GRID_KEY = "grid_key"
 TPE_ASKS = 4  # proposals of a wrapped sampler (TPE) tried before an unmeasured one is drawn
 FREE_GENERATIONS = 2  # generations of known proposals told for free before a restart
+OFFSPRING = 16  # GA children screened by the surrogate per trial (1: no screening)
 
 
 # -- helpers over the space ---------------------------------------------------------------------
@@ -221,8 +227,12 @@ class _GA(_Optimizer):
         mutation_prob: float | None,
         crossover_prob: float | None,
         first: Callable[[], dict[str, int]],
+        screen: Callable[[list[dict[str, int]]], dict[str, int] | None] | None = None,
+        offspring: int = 1,
     ) -> None:
         self.dims = dims
+        self.screen = screen
+        self.offspring = max(1, offspring) if screen is not None else 1
         self.ordered = {n for n in dims if not is_categorical(n, values.get(n, []))}
         self.rng = random.Random(seed)
         self.population_size = population_size or 12
@@ -241,6 +251,12 @@ class _GA(_Optimizer):
         if not self.parents:
             enc = self.first()
             return enc, enc
+        children = [self._child() for _ in range(self.offspring)]
+        chosen = self.screen(children) if self.screen is not None else None
+        child = chosen if chosen is not None else children[0]
+        return child, child
+
+    def _child(self) -> dict[str, int]:
         a, b = self._tournament(), self._tournament()
         if self.rng.random() < self.crossover_prob:
             child = {n: (a[n] if self.rng.random() < 0.5 else b[n]) for n in self.dims}
@@ -252,7 +268,7 @@ class _GA(_Optimizer):
                     child[n] = min(size - 1, max(0, child[n] + self.rng.choice((-1, 1))))
                 else:
                     child[n] = self.rng.randrange(size)
-        return child, child
+        return child
 
     def tell(self, results: list[tuple[Any, float]]) -> None:
         merged = sorted(self.parents + [(dict(t), v) for t, v in results], key=lambda p: p[1])
@@ -398,8 +414,23 @@ class KnownAwareSampler(BaseSampler):
             self._known.setdefault(key, value)
 
     def any_candidate(self) -> dict[str, Any]:
-        self.unmeasured()
-        return dict(self._candidates[0][0]) if self._candidates else {}
+        pool = self.candidate_list()
+        return dict(pool[0][0]) if pool else {}
+
+    def candidate_list(self) -> list[tuple[dict[str, int], str]]:
+        """Every distinct valid candidate as (encoding, key), built once."""
+        if self._candidates is None:
+            self._candidates = [(self._space.encode(c), c.key()) for c in self._space.candidates()]
+        return self._candidates
+
+    def is_fresh(self, key: str) -> bool:
+        """Neither known nor being measured: worth a trial."""
+        return key not in self._known and key not in self._pending_keys
+
+    def penalty(self) -> float:
+        """What an incorrect, failed or invalid result is told: worse than every correct one."""
+        finite = [v for v in self._known.values() if v is not None and math.isfinite(v)]
+        return abs(max(finite)) * 2.0 + 1.0 if finite else 1.0
 
     def unmeasured(self, by_variant: bool = False) -> dict[str, int] | None:
         """A uniformly drawn candidate whose result is neither known nor pending.
@@ -410,11 +441,9 @@ class KnownAwareSampler(BaseSampler):
         a variant with few candidates and hurt where it is the one with many; the square root
         was the better compromise on the recorded landscapes (docs/samplers.md).
         """
-        if self._candidates is None:
-            self._candidates = [(self._space.encode(c), c.key()) for c in self._space.candidates()]
-        if not self._candidates:
+        pool = self.candidate_list()
+        if not pool:
             return None
-        pool = self._candidates
         if by_variant:
             groups: dict[int, list[tuple[dict[str, int], str]]] = {}
             for enc, key in pool:
@@ -423,12 +452,87 @@ class KnownAwareSampler(BaseSampler):
             pool = self._rng.choices(list(groups.values()), weights=sizes)[0]
         for _ in range(32):  # rejection sampling: cheap while most candidates are unmeasured
             enc, key = self._rng.choice(pool)
-            if key not in self._known and key not in self._pending_keys:
+            if self.is_fresh(key):
                 return dict(enc)
-        left = [e for e, k in pool if k not in self._known and k not in self._pending_keys]
+        left = [e for e, k in pool if self.is_fresh(k)]
         if not left and by_variant:  # that variant is measured out: any variant
             return self.unmeasured()
         return dict(self._rng.choice(left)) if left else None
+
+
+class SurrogateScreen:
+    """The GA's offspring screening (study/surrogate.py): of the children one generation step
+    produces, the trial gets the fresh one that a Thompson draw of the additive model scores best.
+
+    First generation: one candidate of each variant not tried yet (random; a model knows nothing
+    of a variant it has never seen), then the model's pick over every fresh candidate. When no
+    child is fresh (the population has converged on measured points): the model's pick over
+    every fresh candidate, rather than a uniform draw.
+    """
+
+    def __init__(self, sampler: KnownAwareSampler, seed: int) -> None:
+        self._sampler = sampler
+        self._rng = np.random.default_rng(seed)
+        self._model: AdditiveModel | None = None
+        self._row: dict[str, int] = {}  # candidate key -> index in the sampler's candidate list
+
+    def _ensure_model(self) -> AdditiveModel:
+        if self._model is None:
+            space = self._sampler._space
+            self._model = AdditiveModel([space.active_encoding(c) for c in space.candidates()])
+            self._row = {key: i for i, (_, key) in enumerate(self._sampler.candidate_list())}
+        return self._model
+
+    def _scores(self) -> np.ndarray | None:
+        model, sampler = self._ensure_model(), self._sampler
+        penalty = sampler.penalty()
+        observed = [
+            (self._row[key], value if value is not None and math.isfinite(value) else penalty)
+            for key, value in sampler._known.items()
+            if key in self._row
+        ]
+        if not log_safe([v for _, v in observed]):
+            return None  # not a latency: no model, the GA's own child is taken
+        return model.draw(observed, self._rng)
+
+    def _fresh_rows(self) -> list[int]:
+        pool = self._sampler.candidate_list()
+        return [i for i, (_, key) in enumerate(pool) if self._sampler.is_fresh(key)]
+
+    def first(self) -> dict[str, int] | None:
+        self._ensure_model()
+        sampler, pool = self._sampler, self._sampler.candidate_list()
+        started = [*sampler._known, *sampler._pending_keys]
+        tried = {pool[self._row[k]][0].get("variant", 0) for k in started if k in self._row}
+        fresh: dict[int, list[int]] = {}
+        for i in self._fresh_rows():
+            fresh.setdefault(pool[i][0].get("variant", 0), []).append(i)
+        untried = sorted(set(fresh) - tried)
+        if untried:
+            rows = fresh[untried[int(self._rng.integers(len(untried)))]]
+            return dict(pool[rows[int(self._rng.integers(len(rows)))]][0])
+        return self.best_fresh()
+
+    def best_fresh(self, among: list[int] | None = None) -> dict[str, int] | None:
+        """The model's pick among `among` (default: every fresh candidate)."""
+        pool = self._sampler.candidate_list()
+        rows = among if among else self._fresh_rows()
+        if not rows:
+            return None
+        scores = self._scores()
+        if scores is None:
+            return dict(pool[rows[int(self._rng.integers(len(rows)))]][0])
+        return dict(pool[min(rows, key=lambda i: scores[i])][0])
+
+    def choose(self, children: list[dict[str, int]]) -> dict[str, int] | None:
+        self._ensure_model()
+        sampler = self._sampler
+        rows = set()
+        for child in children:
+            key, valid = encoding_key(sampler._space, sampler._clip(child))
+            if valid and key in self._row and sampler.is_fresh(key):
+                rows.add(self._row[key])
+        return self.best_fresh(sorted(rows))
 
 
 class DedupSampler(BaseSampler):
@@ -532,12 +636,18 @@ def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSamp
     if name == "catcma":
         values = dimension_values(space)
         return KnownAwareSampler(space, seed, lambda s: _CatCMAwM(dims, values, s, popsize))
-    if name == "ga":
+    if name in ("ga", "ga_plain"):
         values = dimension_values(space)
         holder: list[KnownAwareSampler] = []
+        offspring = sampler_cfg.get("offspring")
+        offspring = OFFSPRING if offspring is None else offspring
+        if not isinstance(offspring, int) or offspring < 1:
+            raise ValueError(f"sampler.offspring must be >= 1, got {offspring}")
+        screened = name == "ga" and offspring > 1
+        screens: list[SurrogateScreen] = []
 
         def first() -> dict[str, int]:
-            enc = holder[0].unmeasured(by_variant=True)
+            enc = screens[0].first() if screens else holder[0].unmeasured(by_variant=True)
             return enc if enc is not None else {n: 0 for n in dims}
 
         sampler = KnownAwareSampler(
@@ -551,9 +661,13 @@ def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSamp
                 sampler_cfg.get("mutation_prob"),
                 sampler_cfg.get("crossover_prob"),
                 first,
+                (lambda children: screens[0].choose(children)) if screened else None,
+                offspring,
             ),
         )
         holder.append(sampler)
+        if screened:
+            screens.append(SurrogateScreen(sampler, seed))
         return sampler
     if name == "tpe":
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

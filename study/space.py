@@ -111,6 +111,14 @@ class SearchSpace:
         return encoded
 
     # -- validity and enumeration -----------------------------------------------------------
+    def active_encoding(self, candidate: Candidate) -> dict[str, int]:
+        """The dimensions that matter to this candidate (its variant's tunables, the mutations),
+        as indices: what a model of the landscape may use; inert ones are left out."""
+        encoded = self.encode(candidate)
+        own = {"variant"} | {f"{candidate.variant}.{p}" for p in candidate.params}
+        own |= {f"mut.{m}" for m in candidate.mutations}
+        return {name: index for name, index in encoded.items() if name in own}
+
     def _mutation(self, name: str) -> mut.Mutation:
         made = self.__dict__.setdefault("_mutation_objects", {})
         if name not in made:

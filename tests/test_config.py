@@ -23,6 +23,8 @@ from tests.conftest import run_study
         ("problem.dtype=int8", "problem.dtype=int8 is not valid"),
         ("device=gpu", "device=gpu is not valid"),
         ("bench.cache=lukewarm", "bench.cache=lukewarm is not valid"),
+        ("sampler.offspring=0", "sampler.offspring must be >= 1, got 0"),
+        ("sampler.crossover_prob=1.5", "sampler.crossover_prob must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_config_is_one_clear_line(override, expected):

@@ -119,7 +119,7 @@ def test_a_point_missing_from_the_table_is_pruned_and_costs_nothing(tmp_path: Pa
     assert objective.evaluations == 0
 
 
-@pytest.mark.parametrize("name", ["cmaes", "catcma", "ga", "tpe", "random"])
+@pytest.mark.parametrize("name", ["cmaes", "catcma", "ga", "ga_plain", "tpe", "random"])
 def test_samplers_never_spend_a_trial_on_a_known_row(tiny: Path, name: str) -> None:
     table = replay.load_table(tiny)
     result = replay.run_study(table, name, seed=5)
@@ -208,6 +208,7 @@ def test_single_mode_uses_the_configured_storage_and_resumes(tiny: Path, tmp_pat
         (["table={tiny}", "budget=-3"], "budget must be >= 1"),
         (["table={tiny}", "seeds=x"], "not an integer"),
         (["table={tiny}", "colour=blue"], "unknown key"),
+        (["table={tiny}", "sampler=ga", "sampler.offspring=0"], "sampler.offspring must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -12,7 +12,7 @@ import kernels
 from study.samplers import dimension_values, is_categorical, make_sampler
 from study.space import build_space
 
-NAMES = ["cmaes", "catcma", "ga", "tpe", "random"]
+NAMES = ["cmaes", "catcma", "ga", "ga_plain", "tpe", "random"]
 
 
 @pytest.fixture(autouse=True)
@@ -94,3 +94,13 @@ def test_all_measured_stops_the_study(space) -> None:
     complete_or_pruned = [t for t in study.trials if t.state.is_finished()]
     assert len({t.user_attrs.get("spec_key") for t in complete_or_pruned if t.params}) == 16
     assert len(study.trials) <= 17  # the trial that finds nothing left repeats one, then stops
+
+
+def test_the_ga_tries_each_variant_before_the_model_picks(space) -> None:
+    """The screened GA's first generation starts with one candidate of each variant (a model
+    knows nothing of a variant it has never seen), here plain and chunked in some order."""
+    for seed in range(5):
+        study = optuna.create_study(sampler=make_sampler({"name": "ga"}, space, seed=seed))
+        study.optimize(fake_objective(space), n_trials=2)
+        variants = {space.decode(dict(t.params)).variant for t in study.trials}
+        assert variants == {"plain", "chunked"}
