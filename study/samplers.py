@@ -386,10 +386,7 @@ class KnownAwareSampler(BaseSampler):
         if len(self._batch) < self._opt.population_size:
             return
         batch, self._batch = self._batch[: self._opt.population_size], []
-        finite = [v for _, v in batch if v is not None and math.isfinite(v)]
-        finite += [v for v in self._known.values() if v is not None and math.isfinite(v)]
-        worst = max(finite) if finite else 1.0
-        penalty = abs(worst) * 2.0 + 1.0
+        penalty = self.penalty()  # every value told is in self._known already
         self._opt.tell(
             [(t, v if v is not None and math.isfinite(v) else penalty) for t, v in batch]
         )
@@ -430,7 +427,7 @@ class KnownAwareSampler(BaseSampler):
     def penalty(self) -> float:
         """What an incorrect, failed or invalid result is told: worse than every correct one."""
         finite = [v for v in self._known.values() if v is not None and math.isfinite(v)]
-        return abs(max(finite)) * 2.0 + 1.0 if finite else 1.0
+        return abs(max(finite, default=1.0)) * 2.0 + 1.0
 
     def unmeasured(self, by_variant: bool = False) -> dict[str, int] | None:
         """A uniformly drawn candidate whose result is neither known nor pending.
