@@ -21,7 +21,7 @@ figures as `python -m study.replay ... compare=true`) on each:
 
 Prints, per sampler, on how many landscapes it meets the issue's bar (median evaluations to
 within 2% of the optimum <= 20% of the rows) and beats random search at every budget (score > 0
-at 10%, 20%, 50%), then the per-landscape figures; writes them to --out.
+at 10%, 20%, 50%), then the per-landscape figures; appends them to --out.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main() -> int:
     seconds = time.perf_counter() - started
 
     lines = [
-        f"# Samplers on {len(tables)} synthetic landscapes of the class, "
+        f"## Samplers on {len(tables)} synthetic landscapes of the class, "
         f"{dt.date.today().isoformat()}",
         "",
         f"`python bench/synthetic_landscapes.py --landscapes {args.landscapes} --seeds "
@@ -188,7 +188,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    with args.out.open("a") as fh:  # a results file keeps every run, newest last
+        fh.write(("\n" if args.out.stat().st_size else "") + text)
     return 0
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -245,3 +246,22 @@ def test_ambiguous_and_duplicate_tables_are_refused(tmp_path: Path) -> None:
     amb.write_text("a,b,latency_us\n1,,5\n1,0,6\n")
     with pytest.raises(replay.ReplayError, match="ambiguous"):
         replay.ReplaySpace(replay.load_table(amb))
+
+
+def test_synthetic_landscapes_are_valid_tables(tmp_path: Path) -> None:
+    """bench/synthetic_landscapes.py draws tables replay accepts: distinct configurations,
+    in the 60..1000-row window, some failed rows and a unique-enough optimum."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import synthetic_landscapes as synth
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    paths = synth.write_landscapes(4, tmp_path)
+    assert len(paths) == 4
+    for path in paths:
+        table = replay.load_table(path)
+        space = replay.ReplaySpace(table)  # refuses duplicate or ambiguous rows
+        assert synth.MIN_ROWS <= table.size <= synth.MAX_ROWS
+        assert len(space.candidates()) == table.size
+        assert 0 < np.isnan(table.latency).sum() < table.size
+        assert table.values["variant"][0] == "v0"
