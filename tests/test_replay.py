@@ -265,3 +265,8 @@ def test_synthetic_landscapes_are_valid_tables(tmp_path: Path) -> None:
         assert len(space.candidates()) == table.size
         assert 0 < np.isnan(table.latency).sum() < table.size
         assert table.values["variant"][0] == "v0"
+        for candidate in space.candidates()[:50]:  # a row's active dimensions: its filled cells
+            cells = zip(table.columns, table.index[candidate.row], strict=True)
+            filled = {c for c, i in cells if i >= 0}
+            assert set(space.active_encoding(candidate)) == filled
+            assert any(c.startswith("mut.") for c in filled) and "variant" in filled

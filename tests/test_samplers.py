@@ -104,3 +104,12 @@ def test_the_ga_tries_each_variant_before_the_model_picks(space) -> None:
         study.optimize(fake_objective(space), n_trials=2)
         variants = {space.decode(dict(t.params)).variant for t in study.trials}
         assert variants == {"plain", "chunked"}
+
+
+def test_active_encoding_leaves_out_other_variants_tunables(space) -> None:
+    by_variant = {c.variant: space.active_encoding(c) for c in space.candidates()}
+    assert set(by_variant["chunked"]) == {"variant", "chunked.chunk", "mut.layout", "mut.threads"}
+    assert set(by_variant["plain"]) == {"variant", "mut.layout", "mut.threads"}
+    for candidate in space.candidates():  # the active indices are the encoding's
+        encoded = space.encode(candidate)
+        assert all(encoded[n] == i for n, i in space.active_encoding(candidate).items())
