@@ -396,7 +396,6 @@ def run_study(
     space: ReplaySpace | None = None,
 ) -> RunResult:
     """One replay study. Returns the evaluation trace and the trial count."""
-
     space = space or ReplaySpace(table)
     sampler = _build_sampler(sampler_name, sampler_options or {}, space, seed)
     if storage is None:

@@ -110,7 +110,6 @@ class SearchSpace:
             encoded[f"mut.{m}"] = self.mutations[m].index(value)
         return encoded
 
-    # -- validity and enumeration -----------------------------------------------------------
     def active_encoding(self, candidate: Candidate) -> dict[str, int]:
         """The dimensions that matter to this candidate (its variant's tunables, the mutations),
         as indices: what a model of the landscape may use; inert ones are left out."""
@@ -119,6 +118,7 @@ class SearchSpace:
         own |= {f"mut.{m}" for m in candidate.mutations}
         return {name: index for name, index in encoded.items() if name in own}
 
+    # -- validity and enumeration -----------------------------------------------------------
     def _mutation(self, name: str) -> mut.Mutation:
         made = self.__dict__.setdefault("_mutation_objects", {})
         if name not in made:
