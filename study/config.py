@@ -235,6 +235,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
     from kernels import DTYPES_NAMES
+    from study.samplers import option_error
 
     p = cfg.problem
     for key in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim"):
@@ -277,11 +278,8 @@ def validate(cfg: DictConfig) -> None:
         f"sampler.name={cfg.sampler.name} is not valid; choose one of: "
         f"{', '.join(o for o in group_options('sampler'))}",
     )
-    g = cfg.sampler
-    for key in ("population_size", "offspring"):
-        _check(g[key] is None or g[key] >= 1, f"sampler.{key} must be >= 1, got {g[key]}")
-    for key in ("mutation_prob", "crossover_prob"):
-        _check(g[key] is None or 0 <= g[key] <= 1, f"sampler.{key} must be in [0, 1], got {g[key]}")
+    reason = option_error(cfg.sampler)
+    _check(reason is None, str(reason))
     url = str(cfg.storage.url)
     _check("://" in url, f"storage.url={url} is not a database URL (e.g. sqlite:///file.db)")
 

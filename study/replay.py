@@ -371,15 +371,6 @@ class RunResult:
     study: optuna.Study
 
 
-def _build_sampler(name: str, options: dict[str, Any], space: ReplaySpace, seed: int) -> Any:
-    from study.samplers import make_sampler
-
-    try:
-        return make_sampler(sampler_config(name, options), space, seed)
-    except (TypeError, ValueError) as exc:  # a sampler.<option> of the wrong kind or range
-        raise ReplayError(str(exc)) from None
-
-
 def run_study(
     table: Table,
     sampler_name: str,
@@ -396,8 +387,10 @@ def run_study(
     space: ReplaySpace | None = None,
 ) -> RunResult:
     """One replay study. Returns the evaluation trace and the trial count."""
+    from study.samplers import make_sampler
+
     space = space or ReplaySpace(table)
-    sampler = _build_sampler(sampler_name, sampler_options or {}, space, seed)
+    sampler = make_sampler(sampler_config(sampler_name, sampler_options or {}), space, seed)
     if storage is None:
         storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
@@ -864,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
+    from study.samplers import option_error
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -872,7 +867,9 @@ def main(argv: list[str] | None = None) -> int:
         for table in tables:
             ReplaySpace(table)  # ambiguity and duplicate rows are input errors too
         for name in opts["samplers"]:  # a bad sampler.<option> is refused before any output
-            _build_sampler(name, opts["sampler_options"], ReplaySpace(tables[0]), 0)
+            reason = option_error(sampler_config(name, opts["sampler_options"]))
+            if reason is not None:
+                raise ReplayError(reason)
         if opts["compare_mode"]:
             return _compare(opts, tables)
         return _single(opts, tables[0])

@@ -508,7 +508,7 @@ class SurrogateScreen:
         if untried:
             rows = fresh[untried[int(self._rng.integers(len(untried)))]]
             return dict(pool[rows[int(self._rng.integers(len(rows)))]][0])
-        return self.best_fresh()
+        return self.best_fresh([i for rows in fresh.values() for i in rows])
 
     def best_fresh(self, among: list[int] | None = None) -> dict[str, int] | None:
         """The model's pick among `among` (default: every fresh candidate)."""
@@ -622,8 +622,25 @@ def ga_population(candidates: int) -> int:
     return int(min(16, max(6, round(math.sqrt(max(candidates, 1))))))
 
 
+def option_error(sampler_cfg: Any) -> str | None:
+    """Why a sampler option is out of range, in one line (None: all fine). The one check for
+    `study.run` (config validation) and `study.replay` (sampler.<option>=V)."""
+    for key in ("population_size", "offspring"):
+        value = sampler_cfg.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            return f"sampler.{key} must be >= 1, got {value}"
+    for key in ("mutation_prob", "crossover_prob"):
+        value = sampler_cfg.get(key)
+        if value is not None and (type(value) not in (int, float) or not 0 <= value <= 1):
+            return f"sampler.{key} must be in [0, 1], got {value}"
+    return None
+
+
 def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSampler:
     """Build the configured sampler, seeded."""
+    reason = option_error(sampler_cfg)
+    if reason is not None:
+        raise ValueError(reason)
     name = sampler_cfg["name"]
     startup = sampler_cfg.get("n_startup_trials")
     popsize = sampler_cfg.get("popsize")
@@ -638,8 +655,6 @@ def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSamp
         holder: list[KnownAwareSampler] = []
         offspring = sampler_cfg.get("offspring")
         offspring = OFFSPRING if offspring is None else offspring
-        if not isinstance(offspring, int) or offspring < 1:
-            raise ValueError(f"sampler.offspring must be >= 1, got {offspring}")
         screened = name == "ga" and offspring > 1
         screens: list[SurrogateScreen] = []
 
