@@ -23,10 +23,9 @@ pytest.importorskip("triton")
 
 import kernels  # noqa: E402
 from kernels import Problem, reference_attention  # noqa: E402
-from study.gate import plain_error  # noqa: E402
+from study.gate import ATOL, plain_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ATOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-6}
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 
 
