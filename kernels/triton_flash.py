@@ -59,6 +59,19 @@ def _jit(fn: Any) -> Any:
 
 
 @_jit
+def _bf16_nearest(x):
+    """float32 -> bfloat16 rounded to nearest even, for the interpreter only.
+
+    The interpreter's float32 -> bfloat16 cast drops the low 16 bits (rounds toward zero,
+    whatever fp_downcast_rounding says); the GPU rounds to nearest. Rounding the bits by hand
+    first makes the drop exact, so the interpreted kernel rounds as the compiled one does.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@_jit
 def _attend_block(
     acc,
     l_i,
@@ -136,9 +149,7 @@ def _attend_block(
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if BF16_DOT_IN_FP32:
-        acc = tl.dot(
-            p.to(tl.bfloat16).to(tl.float32), v.to(tl.float32), acc, input_precision="ieee"
-        )
+        acc = tl.dot(_bf16_nearest(p).to(tl.float32), v.to(tl.float32), acc, input_precision="ieee")
     else:
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
@@ -297,7 +308,10 @@ def _flash_fwd(
 
     # A row with no visible key (cannot happen with a top-left mask) gives 0, not 0/0 = NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = (acc / l_safe[:, None]).to(q.dtype)  # Out has q's dtype
+    if BF16_DOT_IN_FP32:
+        out = _bf16_nearest(acc / l_safe[:, None])
+    else:
+        out = (acc / l_safe[:, None]).to(q.dtype)  # Out has q's dtype
     if USE_TMA:
         Out.store([off_b, off_h, start_m * BLOCK_M, 0], tl.reshape(out, (1, 1, BLOCK_M, HEAD_DIM)))
     else:
@@ -465,7 +479,8 @@ def build(
     grid = (triton.cdiv(seq_q, BLOCK_M), batch * heads_q)
     # float32 must not drop to TF32 in tl.dot: the gate compares with full-precision matmuls.
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    # Triton's interpreter gets tl.dot on bfloat16 wrong (raw bits); upcast there, exactly.
+    # Triton's interpreter gets tl.dot on bfloat16 wrong (raw bits) and truncates float32 ->
+    # bfloat16 casts: upcast there, exactly, and round by hand (_bf16_nearest).
     bf16_in_fp32 = dtype == torch.bfloat16 and KERNEL_INTERPRETED
     if bf16_in_fp32:
         precision = "ieee"
