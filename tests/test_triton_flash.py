@@ -19,10 +19,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 import kernels  # noqa: E402
 from kernels import Problem, reference_attention  # noqa: E402
+from kernels.triton_flash import _bf16_nearest  # noqa: E402
 from study.gate import ATOL, plain_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,3 +356,30 @@ def test_rows_without_visible_keys_give_zeros_not_nan():
         BF16_DOT_IN_FP32=False,
     )  # fmt: skip
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@triton.jit
+def _bf16_cast(x_ptr, out_ptr, n: tl.constexpr):
+    """One op: _bf16_nearest over n values."""
+    offs = tl.arange(0, n)
+    tl.store(out_ptr + offs, _bf16_nearest(tl.load(x_ptr + offs)))
+
+
+def test_interpreter_bf16_rounding_matches_torch():
+    """_bf16_nearest rounds float32 to bfloat16 exactly as torch (and the GPU) do.
+
+    The interpreter's own cast truncates. Fresh values over 40 decades, exact halfway points
+    (ties go to the even neighbour, up or down) and values that carry into the exponent.
+    """
+    gen = torch.Generator().manual_seed(_seed())
+    ties = [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(2.0 + 2.0**-7), -(2.0 + 3 * 2.0**-7)]
+    carry = [1.9999999, -3.9999998, 255.99998]
+    special = torch.tensor(ties + carry)
+    fresh = torch.randn(1024 - len(special), generator=gen)
+    fresh = fresh * torch.logspace(-20, 20, len(fresh))
+    x = torch.cat([special, fresh]).float()
+    out = torch.empty(1024, dtype=BF16)
+    _bf16_cast[(1,)](x, out, 1024)
+    assert torch.equal(out, x.to(BF16))
+    truncated = x.view(torch.int32).bitwise_and(-65536).view(F32).to(BF16)
+    assert not torch.equal(truncated, x.to(BF16))  # the inputs tell rounding from truncation
