@@ -24,11 +24,11 @@ candidate). The samplers use it to handle known configurations deliberately:
   distinct candidates unless configured), tournament selection, uniform crossover, per-gene
   mutation (random value, or one step for ordered dimensions), elitism (the best of parents and
   children survive), generations, and surrogate screening (pre-selection): each trial gets the
-  fresh one of `offspring` (16) children that a Thompson draw of a Bayesian additive model of
-  log latency (study/surrogate.py) scores best. The first generation is one candidate of each
-  variant, then the model's picks. `ga_plain` is the same GA without the model (one child per
-  trial; first generation stratified by variant with weight sqrt(its candidates)), kept as the
-  baseline the screening is measured against.
+  fresh one of `offspring` (16) children with the largest expected improvement under a
+  Bayesian additive model of log latency (study/surrogate.py). The first generation is the
+  model's picks over every fresh candidate. `ga_plain` is the same GA without the model (one
+  child per trial; first generation stratified by variant with weight sqrt(its candidates)),
+  kept as the baseline the screening is measured against.
 - tpe: Optuna's multivariate TPE, asked again when it proposes a known configuration.
 - random: uniform over the distinct candidates not measured yet (sampling without replacement),
   which is the random-search baseline of the comparison.
@@ -459,12 +459,15 @@ class KnownAwareSampler(BaseSampler):
 
 class SurrogateScreen:
     """The GA's offspring screening (study/surrogate.py): of the children one generation step
-    produces, the trial gets the fresh one that a Thompson draw of the additive model scores best.
+    produces, the trial gets the fresh one with the largest expected improvement under the
+    additive model.
 
-    First generation: one candidate of each variant not tried yet (random; a model knows nothing
-    of a variant it has never seen), then the model's pick over every fresh candidate. When no
-    child is fresh (the population has converged on measured points): the model's pick over
-    every fresh candidate, rather than a uniform draw.
+    First generation: the model's pick over every fresh candidate. With nothing measured that
+    is a candidate of the variant with the most unknowns (its tunables, its interactions); then
+    the expected improvement weighs what the measurements say against what is still unknown
+    (an untried variant is uncertain, hence attractive, until one of its candidates is
+    measured). When no child is fresh (the population has converged on measured points): the
+    model's pick over every fresh candidate, rather than a uniform draw.
     """
 
     def __init__(self, sampler: KnownAwareSampler, seed: int) -> None:
@@ -480,46 +483,38 @@ class SurrogateScreen:
             self._row = {key: i for i, (_, key) in enumerate(self._sampler.candidate_list())}
         return self._model
 
-    def _scores(self) -> np.ndarray | None:
-        model, sampler = self._ensure_model(), self._sampler
+    def _observed(self) -> list[tuple[int, float]] | None:
+        """(candidate row, value) of every known result, failures as the penalty; None where
+        the values are not latencies (no model: the GA's own child is taken)."""
+        sampler = self._sampler
         penalty = sampler.penalty()
         observed = [
             (self._row[key], value if value is not None and math.isfinite(value) else penalty)
             for key, value in sampler._known.items()
             if key in self._row
         ]
-        if not log_safe([v for _, v in observed]):
-            return None  # not a latency: no model, the GA's own child is taken
-        return model.draw(observed, self._rng)
+        return observed if log_safe([v for _, v in observed]) else None
 
     def _fresh_rows(self) -> list[int]:
         pool = self._sampler.candidate_list()
         return [i for i, (_, key) in enumerate(pool) if self._sampler.is_fresh(key)]
 
     def first(self) -> dict[str, int] | None:
-        self._ensure_model()
-        sampler, pool = self._sampler, self._sampler.candidate_list()
-        started = [*sampler._known, *sampler._pending_keys]
-        tried = {pool[self._row[k]][0].get("variant", 0) for k in started if k in self._row}
-        fresh: dict[int, list[int]] = {}
-        for i in self._fresh_rows():
-            fresh.setdefault(pool[i][0].get("variant", 0), []).append(i)
-        untried = sorted(set(fresh) - tried)
-        if untried:
-            rows = fresh[untried[int(self._rng.integers(len(untried)))]]
-            return dict(pool[rows[int(self._rng.integers(len(rows)))]][0])
-        return self.best_fresh([i for rows in fresh.values() for i in rows])
+        return self.best_fresh()
 
     def best_fresh(self, among: list[int] | None = None) -> dict[str, int] | None:
-        """The model's pick among `among` (default: every fresh candidate)."""
+        """The model's pick among `among` (default: every fresh candidate); ties at random."""
+        model = self._ensure_model()
         pool = self._sampler.candidate_list()
         rows = among if among else self._fresh_rows()
         if not rows:
             return None
-        scores = self._scores()
-        if scores is None:
+        observed = self._observed()
+        if observed is None:
             return dict(pool[rows[int(self._rng.integers(len(rows)))]][0])
-        return dict(pool[min(rows, key=lambda i: scores[i])][0])
+        gain = model.expected_improvement(observed, rows)
+        best = int(np.lexsort((self._rng.random(len(rows)), -gain))[0])
+        return dict(pool[rows[best]][0])
 
     def choose(self, children: list[dict[str, int]]) -> dict[str, int] | None:
         self._ensure_model()

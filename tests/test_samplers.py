@@ -96,14 +96,15 @@ def test_all_measured_stops_the_study(space) -> None:
     assert len(study.trials) <= 17  # the trial that finds nothing left repeats one, then stops
 
 
-def test_the_ga_tries_each_variant_before_the_model_picks(space) -> None:
-    """The screened GA's first generation starts with one candidate of each variant (a model
-    knows nothing of a variant it has never seen), here plain and chunked in some order."""
+def test_the_ga_starts_where_the_model_knows_least(space) -> None:
+    """The screened GA's first pick, with nothing measured, is a candidate of the variant with
+    the most unknowns (chunked: a tunable of its own); a variant never measured stays uncertain,
+    hence attractive, so plain is the second trial, whatever the seed."""
     for seed in range(5):
         study = optuna.create_study(sampler=make_sampler({"name": "ga"}, space, seed=seed))
         study.optimize(fake_objective(space), n_trials=2)
-        variants = {space.decode(dict(t.params)).variant for t in study.trials}
-        assert variants == {"plain", "chunked"}
+        variants = [space.decode(dict(t.params)).variant for t in study.trials]
+        assert variants[0] == "chunked" and "plain" in variants[1:], variants
 
 
 def test_active_encoding_leaves_out_other_variants_tunables(space) -> None:
