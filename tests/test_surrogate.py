@@ -1,4 +1,4 @@
-"""The GA's surrogate (study/surrogate.py): posterior, conditional features, expected improvement."""
+"""The GA's surrogate (study/surrogate.py): posterior, features, expected improvement."""
 
 from __future__ import annotations
 
