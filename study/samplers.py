@@ -499,9 +499,6 @@ class SurrogateScreen:
         pool = self._sampler.candidate_list()
         return [i for i, (_, key) in enumerate(pool) if self._sampler.is_fresh(key)]
 
-    def first(self) -> dict[str, int] | None:
-        return self.best_fresh()
-
     def best_fresh(self, among: list[int] | None = None) -> dict[str, int] | None:
         """The model's pick among `among` (default: every fresh candidate); ties at random."""
         model = self._ensure_model()
@@ -654,7 +651,7 @@ def make_sampler(sampler_cfg: dict[str, Any], space: Any, seed: int) -> BaseSamp
         screens: list[SurrogateScreen] = []
 
         def first() -> dict[str, int]:
-            enc = screens[0].first() if screens else holder[0].unmeasured(by_variant=True)
+            enc = screens[0].best_fresh() if screens else holder[0].unmeasured(by_variant=True)
             return enc if enc is not None else {n: 0 for n in dims}
 
         sampler = KnownAwareSampler(

@@ -36,7 +36,7 @@ NOISE_SD = 0.2  # residual: measurement noise plus what an additive model cannot
 
 
 class AdditiveModel:
-    """Features of a fixed candidate list; `draw` scores all of them from the posterior."""
+    """Features of a fixed candidate list; `expected_improvement` scores them from the posterior."""
 
     def __init__(self, active: Sequence[dict[str, int]]) -> None:
         """active[i]: candidate i's active dimensions -> index (inert dimensions left out)."""
@@ -135,5 +135,5 @@ class AdditiveModel:
 
 def log_safe(values: Sequence[float]) -> bool:
     """Whether every value can be modelled in log space (latencies are; a user objective may
-    not be): the sampler falls back to the plain GA otherwise."""
+    not be): otherwise the screen takes the GA's own child, or a uniform fresh candidate."""
     return all(math.isfinite(v) and v > 0 for v in values)
