@@ -43,7 +43,7 @@ def build(problem, a, b):
 
 
 class SleepWorker:
-    """Stands in for study.worker.Worker: sleeps `latency_s`, returns a deterministic result."""
+    """Stands in for study.measure.worker.Worker: sleeps `latency_s`, returns a fixed result."""
 
     def __init__(self, device: str, latency_s: float) -> None:
         self.device = device
@@ -77,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
     from study.config import load, to_container
     from study.objective import CandidateFailed, Objective
     from study.run import problem_from
-    from study.samplers import make_sampler
+    from study.search.samplers import make_sampler
     from study.space import build_space
     from study.storage import join_study, open_storage
 

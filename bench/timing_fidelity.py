@@ -3,8 +3,8 @@
     python bench/timing_fidelity.py [--device cpu|cuda] [--repeats 10]
 
 For SDPA and the plain same-dtype attention on one problem, the median latency from
-study.timing.measure_pair (the tool's own paired timer, candidate side, default bench settings)
-against torch.utils.benchmark.Timer.blocked_autorange (same thread count) and, on a GPU,
+study.measure.timing.measure_pair (the tool's own paired timer, candidate side, default bench
+settings) against torch.utils.benchmark.Timer.blocked_autorange (same thread count) and, on a GPU,
 triton.testing.do_bench. Then the same candidate timed `--repeats` times in one run: the spread
 (max - min) / median of those medians. Goals: agreement within 2% (GPU) / 5% (CPU); spread
 within 1% (GPU) / 3% (CPU). Prints a markdown table and appends it, with the date, machine and
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 import torch.utils.benchmark as tbench  # noqa: E402
 
 from kernels import Problem, plain_attention  # noqa: E402
-from study import gate, timing  # noqa: E402
-from study.harness import baseline_call  # noqa: E402
+from study.measure import gate, timing  # noqa: E402
+from study.measure.harness import baseline_call  # noqa: E402
 
 BENCH = {  # conf/bench/default.yaml
     "check_sets": 3,

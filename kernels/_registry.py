@@ -2,8 +2,8 @@
 
 Every variant, built-in or a user's, is a function `build(problem, **params) -> run(q, k, v)`
 registered with `@register(name, params={...})`. Built-in variants are the public modules of the
-`kernels` package (files not starting with `_`), imported on first use: adding a variant is
-adding one module.
+`kernels.builtin` package (files not starting with `_`), imported on first use: adding a variant
+is adding one module.
 """
 
 from __future__ import annotations
@@ -129,15 +129,15 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    package = importlib.import_module("kernels")
+    package = importlib.import_module("kernels.builtin")
     for info in pkgutil.iter_modules(package.__path__):
         if info.name.startswith("_"):
             continue
         try:
-            importlib.import_module(f"kernels.{info.name}")
+            importlib.import_module(f"kernels.builtin.{info.name}")
         except ImportError as exc:  # an optional dependency is missing: say so, go on
             _BUILTIN_SKIPPED[info.name] = f"{type(exc).__name__}: {exc}"
-            log.info("kernels.%s not loaded: %s", info.name, exc)
+            log.info("kernels.builtin.%s not loaded: %s", info.name, exc)
 
 
 def variants() -> dict[str, Variant]:

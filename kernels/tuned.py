@@ -44,9 +44,9 @@ VERSION = 1
 
 
 def device_slug(device: torch.device) -> str:
-    """The device model's slug, as the study names it (study.env.device_slug)."""
-    from study.env import _cpu_name
-    from study.env import device_slug as slug
+    """The device model's slug, as the study names it (study.measure.env.device_slug)."""
+    from study.measure.env import _cpu_name
+    from study.measure.env import device_slug as slug
 
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -122,7 +122,7 @@ class TunedAttention:
     # -- building -------------------------------------------------------------------------------
     def _build(self, entry: dict[str, Any], device: torch.device) -> Callable[..., torch.Tensor]:
         import kernels
-        from study.mutations import Applied
+        from kernels.mutations import Applied
 
         spec = entry["spec"]
         if entry.get("plugin"):

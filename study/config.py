@@ -235,7 +235,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
     from kernels import DTYPES_NAMES
-    from study.samplers import option_error
+    from study.search.samplers import option_error
 
     p = cfg.problem
     for key in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim"):

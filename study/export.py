@@ -85,8 +85,8 @@ def _plugin_for(variant: str, plugins: list[str]) -> str | None:
 
 def entry_of(study: optuna.Study) -> dict[str, Any] | None:
     """The table entry of one study (its best measured trial), or None where it has none."""
-    from study.env import device_slug
-    from study.report import measured_complete
+    from study.measure.env import device_slug
+    from study.results.report import measured_complete
 
     best = measured_complete(study)
     if not best:

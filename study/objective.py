@@ -18,8 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kernels import Problem
+from study.measure.worker import Worker
 from study.space import Candidate, SearchSpace
-from study.worker import Worker
 
 RESULT_ATTRS = (
     "latency_us",

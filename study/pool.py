@@ -127,7 +127,7 @@ def start_all(workers: list[Any], timeout_s: float = 300) -> list[dict[str, Any]
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from study.env import differences
+    from study.measure.env import differences
 
     with ThreadPoolExecutor(max_workers=len(workers)) as pool:
         replies = list(pool.map(lambda w: w.call("env", {}, timeout_s), workers))

@@ -34,9 +34,9 @@ import numpy as np
 
 import kernels
 from study.config import ConfigError, load, to_container
+from study.measure.worker import Worker
 from study.objective import trial_seed
 from study.space import SpaceError, build_space
-from study.worker import Worker
 
 USAGE = "usage: python -m study.record [run overrides] out=PATH.csv [rounds=N]"
 RESULT_COLUMNS = (

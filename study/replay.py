@@ -52,9 +52,9 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.distributions import IntDistribution
 
-from study.callbacks import Patience
 from study.config import CONF_DIR, group_options
 from study.objective import RESULT_ATTRS
+from study.search.callbacks import Patience
 
 USAGE = (
     "usage: python -m study.replay table=PATH.csv sampler=NAME|[a,b,...] [seeds=N] [budget=B] "
@@ -387,7 +387,7 @@ def run_study(
     space: ReplaySpace | None = None,
 ) -> RunResult:
     """One replay study. Returns the evaluation trace and the trial count."""
-    from study.samplers import make_sampler
+    from study.search.samplers import make_sampler
 
     space = space or ReplaySpace(table)
     sampler = make_sampler(sampler_config(sampler_name, sampler_options or {}), space, seed)
@@ -726,7 +726,7 @@ def parse(args: list[str]) -> dict[str, Any]:
         raise ReplayError(f"table=PATH.csv is required; {USAGE}")
     opts["tables"] = _as_list(opts["table"])
     samplers = _as_list(opts.get("sampler", "cmaes"))
-    from study.samplers import SAMPLERS
+    from study.search.samplers import SAMPLERS
 
     known = sorted(set(group_options("sampler")) | set(SAMPLERS))
     for name in samplers:
@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from study.samplers import option_error
+    from study.search.samplers import option_error
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -23,16 +23,17 @@ from tqdm import tqdm
 
 import kernels
 from kernels import PluginError, Problem
-from study import dashboard, plots, report
-from study.callbacks import Patience
+from study import dashboard
 from study.config import ConfigError, expand_sweeps, load, to_container
-from study.env import device_slug, differences
+from study.measure.env import device_slug, differences
+from study.measure.worker import Worker
 from study.objective import CandidateFailed, Objective, trial_seed
 from study.pool import PooledObjective, resolve_devices, shared_warnings, start_all
-from study.samplers import make_sampler
+from study.results import plots, report
+from study.search.callbacks import Patience
+from study.search.samplers import make_sampler
 from study.space import Candidate, SearchSpace, SpaceError, build_space
 from study.storage import StorageError, join_study, open_storage, redact
-from study.worker import Worker
 
 log = logging.getLogger("study")
 USER_ERRORS = (ConfigError, SpaceError, StorageError, PluginError)

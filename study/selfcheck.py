@@ -28,11 +28,11 @@ from typing import Any
 
 import kernels
 from kernels import PluginError, Problem, Variant
-from study import mutations as mut
+from kernels import mutations as mut
 from study.config import ConfigError, load, to_container
+from study.measure.worker import Worker
 from study.run import problem_from
 from study.space import Candidate
-from study.worker import Worker
 
 USAGE = (
     "usage: python -m study.selfcheck [device=... problem=... bench=... space.variants=[a,b] "
@@ -88,15 +88,15 @@ def mutation_rows(variant: Variant, problem: Problem) -> list[tuple[str, dict[st
 
 
 NOT_GATED = (
-    "not run: study/harness.py does not gate reused outputs yet "
+    "not run: study/measure/harness.py does not gate reused outputs yet "
     "(it must check applied.wrap_for_gate(built) and read each timed output before the next "
-    "call on its buffers; see study/mutations.py)"
+    "call on its buffers; see kernels/mutations.py)"
 )
 
 
 def harness_gates_reused_outputs() -> bool:
-    """True once study/harness.py gates `out=prealloc` / `graph=on` through wrap_for_gate."""
-    from study import harness
+    """True once study/measure/harness.py gates `out=prealloc` / `graph=on` (wrap_for_gate)."""
+    from study.measure import harness
 
     return bool(getattr(harness, "GATES_REUSED_OUTPUTS", False))
 

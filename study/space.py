@@ -27,7 +27,7 @@ import optuna
 from optuna.distributions import IntDistribution
 
 from kernels import Problem, Variant
-from study import mutations as mut
+from kernels import mutations as mut
 
 log = logging.getLogger(__name__)
 

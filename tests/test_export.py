@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import reference_attention, tuned
-from study import export, report
+from study import export
+from study.results import report
 from tests.conftest import ROOT, TINY, chunk_plugin, run_study
 from tests.test_report import finished_study  # noqa: F401 - the shared session fixture
 

@@ -10,7 +10,7 @@ import torch
 
 import kernels
 from kernels import Problem
-from study import mutations as mut
+from kernels import mutations as mut
 from study.space import Candidate, build_space
 
 CPU = Problem(batch=1, heads_q=2, heads_kv=2, seq_q=16, seq_kv=24, head_dim=8, dtype="float32")

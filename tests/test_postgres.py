@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.env import differences
+from study.measure.env import differences
 from study.storage import HeartbeatJournalStorage, join_study, open_storage
 from tests.conftest import ROOT, TINY, run_study
 from tests.pg import PgUnavailable, local_server

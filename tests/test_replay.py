@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from study import replay
-from study.callbacks import Patience
-from study.samplers import make_sampler
+from study.search.callbacks import Patience
+from study.search.samplers import make_sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study import plots, report
+from study.results import plots, report
 from tests.conftest import TINY, chunk_plugin, run_study
 
 PLUGIN = chunk_plugin("my_chunk") + textwrap.dedent("""

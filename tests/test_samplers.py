@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 import kernels
-from study.samplers import dimension_values, is_categorical, make_sampler
+from study.search.samplers import dimension_values, is_categorical, make_sampler
 from study.space import build_space
 
 NAMES = ["cmaes", "catcma", "ga", "ga_plain", "tpe", "random"]

@@ -1,4 +1,4 @@
-"""The GA's surrogate (study/surrogate.py): posterior, features, expected improvement."""
+"""The GA's surrogate (study/search/surrogate.py): posterior, features, expected improvement."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import itertools
 
 import numpy as np
 
-from study import surrogate
-from study.surrogate import AdditiveModel
+from study.search import surrogate
+from study.search.surrogate import AdditiveModel
 
 
 def landscape(rng: np.random.Generator) -> tuple[list[dict[str, int]], np.ndarray]:

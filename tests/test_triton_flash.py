@@ -1,8 +1,8 @@
 """The Triton flash-attention variant under the Triton interpreter, against the float64 reference.
 
 TRITON_INTERPRET must be set before triton is imported (triton.jit picks the mode then), so it
-is set here, before anything imports kernels.triton_flash. Shapes stay small: the interpreter
-runs every program of the grid in NumPy.
+is set here, before anything imports kernels.builtin.triton_flash. Shapes stay small: the
+interpreter runs every program of the grid in NumPy.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ tl = pytest.importorskip("triton.language")
 
 import kernels  # noqa: E402
 from kernels import Problem, reference_attention  # noqa: E402
-from kernels.triton_flash import _bf16_nearest  # noqa: E402
-from study.gate import ATOL, plain_error  # noqa: E402
+from kernels.builtin.triton_flash import _bf16_nearest  # noqa: E402
+from study.measure.gate import ATOL, plain_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
@@ -343,7 +343,7 @@ def test_rows_without_visible_keys_give_zeros_not_nan():
 
     The kernel is launched directly with seq_kv = 0, so every row of the block sees no key.
     """
-    from kernels import triton_flash
+    from kernels.builtin import triton_flash
 
     problem = Problem(1, 1, 1, 20, 16, 32, dtype=F32)
     q, k, v = _inputs(problem, _seed())

@@ -9,7 +9,7 @@ import torch
 
 import kernels
 from kernels import Problem, reference_attention
-from study.gate import ATOL, make_inputs, plain_error
+from study.measure.gate import ATOL, make_inputs, plain_error
 
 SHAPES = [
     # batch, heads_q, heads_kv, seq_q, seq_kv, head_dim

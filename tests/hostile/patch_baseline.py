@@ -4,7 +4,7 @@ import time
 
 import torch
 
-import kernels.sdpa
+import kernels.builtin.sdpa
 from kernels import register
 from tests.hostile._common import honest
 
@@ -26,14 +26,14 @@ def build(problem):
 
 @register("hostile_patch_sdpa_call")
 def build_call(problem):
-    real = kernels.sdpa.sdpa_call
+    real = kernels.builtin.sdpa.sdpa_call
 
     def slow(*args, **kwargs):
         time.sleep(0.001)
         return real(*args, **kwargs)
 
     def run(q, k, v):
-        kernels.sdpa.sdpa_call = slow
+        kernels.builtin.sdpa.sdpa_call = slow
         return honest(problem, q, k, v)
 
     return run

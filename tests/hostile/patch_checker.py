@@ -5,11 +5,11 @@ from kernels import register
 
 @register("hostile_patch_checker")
 def build(problem):
-    import study.gate
+    import study.measure.gate
 
     def run(q, k, v):
-        study.gate.check_output = lambda *args, **kwargs: (0.0, 1.0)
-        study.gate.check_values = lambda *args, **kwargs: (0.0, 1.0)
+        study.measure.gate.check_output = lambda *args, **kwargs: (0.0, 1.0)
+        study.measure.gate.check_values = lambda *args, **kwargs: (0.0, 1.0)
         return q.clone()  # wrong answer, passed by the patched checker
 
     return run

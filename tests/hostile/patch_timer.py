@@ -45,7 +45,7 @@ def build_in_build(problem):
 
 @register("hostile_patch_private_clock")
 def build_private(problem):
-    from study import timing
+    from study.measure import timing
 
     real = time.perf_counter_ns
 

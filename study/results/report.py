@@ -193,7 +193,7 @@ def _profile_default_sdpa(problem_dict: dict[str, Any]) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     from kernels import Problem
-    from kernels.sdpa import sdpa_call
+    from kernels.builtin.sdpa import sdpa_call
 
     problem = Problem.from_dict(problem_dict)
     if problem.is_cuda:

@@ -25,7 +25,7 @@ candidate). The samplers use it to handle known configurations deliberately:
   mutation (random value, or one step for ordered dimensions), elitism (the best of parents and
   children survive), generations, and surrogate screening (pre-selection): each trial gets the
   fresh one of `offspring` (16) children with the largest expected improvement under a
-  Bayesian additive model of log latency (study/surrogate.py). The first generation is the
+  Bayesian additive model of log latency (study/search/surrogate.py). The first generation is the
   model's picks over every fresh candidate. `ga_plain` is the same GA without the model (one
   child per trial; first generation stratified by variant with weight sqrt(its candidates)),
   kept as the baseline the screening is measured against.
@@ -57,7 +57,7 @@ from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from study.surrogate import AdditiveModel, log_safe
+from study.search.surrogate import AdditiveModel, log_safe
 
 SAMPLERS = ("cmaes", "catcma", "ga", "tpe", "random", "grid", "ga_plain", "cmaes_optuna", "nsga2")
 GRID_KEY = "grid_key"
@@ -458,7 +458,7 @@ class KnownAwareSampler(BaseSampler):
 
 
 class SurrogateScreen:
-    """The GA's offspring screening (study/surrogate.py): of the children one generation step
+    """The GA's offspring screening (study/search/surrogate.py): of the children one generation step
     produces, the trial gets the fresh one with the largest expected improvement under the
     additive model.
 

@@ -40,7 +40,7 @@ def supports(problem: Problem) -> str | None:
     if problem.dtype == torch.float64:
         return "flex_attention's compiled kernels do not take float64"
     if problem.device == "cpu":
-        from kernels.compiled import supports as compile_supports
+        from kernels.builtin.compiled import supports as compile_supports
 
         return compile_supports(problem)
     if problem.is_cuda:
@@ -72,7 +72,7 @@ def valid(problem: Problem, **params: Any) -> str | None:
 def _compiled_flex() -> Callable[..., Any]:
     key = ("flex",)
     if key not in _KEPT:
-        from kernels.compiled import _raise_limits
+        from kernels.builtin.compiled import _raise_limits
 
         _raise_limits()
         _KEPT[key] = torch.compile(flex_attention, dynamic=False, fullgraph=True)

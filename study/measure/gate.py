@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 import kernels
 import kernels._reference
-import kernels.sdpa
+import kernels.builtin.sdpa
 from kernels import Problem, plain_attention, reference_attention
 from kernels._reference import expand_kv, qk_matmul
-from study import timing
+from study.measure import timing
 
 # normal, uniform, peaked and offset as before; tail: large values in the last key/value rows
 # (dropped tail keys or missing tail masking show); large: scores far beyond exp's range
@@ -219,8 +219,8 @@ def _guarded() -> dict[str, list[tuple[Any, str]]]:
         "baseline_patched": [
             (F, "scaled_dot_product_attention"),
             (torch._C._nn, "scaled_dot_product_attention"),
-            (kernels.sdpa, "sdpa_call"),
-            (kernels.sdpa, "F"),
+            (kernels.builtin.sdpa, "sdpa_call"),
+            (kernels.builtin.sdpa, "F"),
             (torch.nn.attention, "sdpa_kernel"),
         ],
         "harness_patched": [

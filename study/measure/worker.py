@@ -107,7 +107,7 @@ def _serve(
     import torch
 
     import kernels
-    from study import harness
+    from study.measure import harness
 
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -130,7 +130,7 @@ def _serve(
                     "answers": harness.supports(payload["problem"], payload["names"]),
                 }
             elif kind == "env":
-                from study.env import fingerprint
+                from study.measure.env import fingerprint
 
                 reply = {"status": "ok", "env": fingerprint(device)}
             elif kind == "ping":

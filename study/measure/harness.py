@@ -4,10 +4,10 @@ Runs in the worker process only. Returns a plain dict (it crosses a pipe):
 status "ok" (checked and timed), "rejected" (ran, not correct: `rejected_by`) or "error"
 (could not be built or run: `error`, one line).
 
-The guards of study/gate.py run after the build, after every gated call and after every timed
-call: a candidate that patches a clock, the baseline or the checker, or changes global state,
-is restored and rejected before the baseline runs next. The baseline calls SDPA through a
-private reference taken at import, so a patched `F.scaled_dot_product_attention` cannot slow it.
+The guards of study/measure/gate.py run after the build, after every gated call and after every
+timed call: a candidate that patches a clock, the baseline or the checker, or changes global state,
+is restored and rejected before the baseline runs next. The baseline calls SDPA through a private
+reference taken at import, so a patched `F.scaled_dot_product_attention` cannot slow it.
 Timed calls are spot-checked: the repetitions in `SPOT_REPS` refill its input buffer in place
 with new values first, and the candidate's output of that timed call (and of one later call on
 an unchanged buffer) must match the reference
@@ -26,8 +26,8 @@ import torch
 
 import kernels
 from kernels import Problem
-from study import gate, timing
-from study.mutations import Applied
+from kernels.mutations import Applied
+from study.measure import gate, timing
 
 # Private reference to the SDPA baseline, taken before any plugin is imported.
 _SDPA = torch._C._nn.scaled_dot_product_attention
@@ -51,7 +51,7 @@ def _refill_rep(rep: int) -> bool:
 
 
 def baseline_call(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-    """Default SDPA on the problem's mask and scale (what kernels.sdpa.sdpa_call does)."""
+    """Default SDPA on the problem's mask and scale (what kernels.builtin.sdpa.sdpa_call does)."""
     return _SDPA(q, k, v, is_causal=problem.causal, scale=problem.scale, enable_gqa=problem.gqa)
 
 
