@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import Problem, compiled
+from kernels import Problem
+from kernels.builtin import compiled
 from study.measure import gate
 
 TINY = Problem(batch=1, heads_q=4, heads_kv=2, seq_q=48, seq_kv=80, head_dim=16, dtype="float32")
