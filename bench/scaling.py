@@ -74,10 +74,9 @@ def child(args: argparse.Namespace) -> None:
     import optuna
 
     import kernels
-    from study.config import load, to_container
+    from study.config import load, problem_from, to_container
     from study.objective import CandidateFailed, Objective
-    from study.run import problem_from
-    from study.search.samplers import make_sampler
+    from study.search import make_sampler
     from study.space import build_space
     from study.storage import join_study, open_storage
 

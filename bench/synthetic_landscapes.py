@@ -6,7 +6,7 @@
 Issue #5 asks that the samplers be tuned for the class of landscape, since tables we have never
 seen will be replayed too. Two recorded CPU tables are too few to tell a sampler that is good
 from one that happens to suit them, so this script draws landscapes with the structure the
-recorded ones have, and runs the replay comparison (study/replay.py `compare`, the same
+recorded ones have, and runs the replay comparison (study/landscape/compare.py `compare`, the same
 figures as `python -m study.replay ... compare=true`) on each:
 
 - 3 to 7 variants, each with 0 to 3 tunables of its own (2 to 8 values; 70% ordered, powers of
@@ -140,7 +140,7 @@ def main() -> int:
 
     import optuna
 
-    from study import replay
+    from study import landscape
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
@@ -148,8 +148,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        tables = [replay.load_table(p) for p in write_landscapes(args.landscapes, folder)]
-        result = replay.compare(tables, samplers, args.seeds, progress=False)
+        tables = [landscape.load_table(p) for p in write_landscapes(args.landscapes, folder)]
+        result = landscape.compare(tables, samplers, args.seeds, progress=False)
     seconds = time.perf_counter() - started
 
     lines = [

@@ -120,3 +120,17 @@ class Problem:
 
     def kv_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.heads_kv, self.seq_kv, self.head_dim)
+
+
+def dense_non_overlapping(t: torch.Tensor) -> bool:
+    """True when the elements cover one block of memory once each (any order of dimensions).
+
+    What an output must be (no broadcast, no holes) and what K and V must be to be moved into
+    one allocation with their strides kept.
+    """
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kernels._device import device_name, name_slug
 from kernels._problem import DTYPES, Problem
+from kernels._registry import load_plugin, variants
+from kernels.mutations import Applied
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,8 @@ VERSION = 1
 
 
 def device_slug(device: torch.device) -> str:
-    """The device model's slug, as the study names it (study.measure.env.device_slug)."""
-    from study.measure.env import _cpu_name
-    from study.measure.env import device_slug as slug
-
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return slug({"device_name": torch.cuda.get_device_name(index)})
-    return slug({"device_name": f"CPU {_cpu_name()} x{os.cpu_count()}"})
+    """The slug of `device`'s model: a table's per-device key, as the study computes it too."""
+    return name_slug(device_name(device))
 
 
 def signature_of(
@@ -121,17 +117,14 @@ class TunedAttention:
 
     # -- building -------------------------------------------------------------------------------
     def _build(self, entry: dict[str, Any], device: torch.device) -> Callable[..., torch.Tensor]:
-        import kernels
-        from kernels.mutations import Applied
-
         spec = entry["spec"]
         if entry.get("plugin"):
             # load_plugin refuses a second file registering the same name, so the variant found
             # below is this file's, never another plugin's namesake
-            added = kernels.load_plugin(entry["plugin"])
+            added = load_plugin(entry["plugin"])
             if spec["variant"] not in added:
                 raise LookupError(f"{entry['plugin']} does not register {spec['variant']}")
-        registry = kernels.variants()
+        registry = variants()
         if spec["variant"] not in registry:
             raise LookupError(
                 f"variant {spec['variant']} is not registered (plugin: {entry.get('plugin')})"

@@ -1,4 +1,5 @@
-"""The config schema (Hydra ConfigStore dataclasses), composition, and one-line validation errors.
+"""The config schema (Hydra ConfigStore dataclasses), composition, one-line validation errors,
+and the problem a config describes (`problem_from`).
 
 We compose with Hydra's compose API instead of `@hydra.main` so that every user mistake (an
 unknown group option, an unknown key, a bad value) becomes one line and a non-zero exit before
@@ -10,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
@@ -18,12 +19,18 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from study.errors import UserError, one_line
+from study.storage import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from kernels import Problem
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("problem", "space", "sampler", "storage", "bench")
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A user's configuration mistake: the message is the one line we print."""
 
 
@@ -68,7 +75,7 @@ class SamplerConfig:
 
 @dataclass
 class StorageConfig:
-    url: str = "sqlite:///outputs/studies.db"
+    url: str = DEFAULT_STORAGE
     heartbeat_s: int | None = None
 
 
@@ -128,13 +135,6 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    keep = [ln for ln in lines if not ln.startswith(("full_key", "object_type", "reference_type"))]
-    return "; ".join(keep[:2]) if keep else type(exc).__name__
-
-
 def _explain_compose_error(exc: BaseException, overrides: list[str]) -> str:
     text = str(exc)
     for group in GROUPS:
@@ -161,7 +161,7 @@ def _explain_compose_error(exc: BaseException, overrides: list[str]) -> str:
         if full_key:
             return f"bad value for {full_key}: {detail}"
         return f"{text.splitlines()[0]}: {detail}"
-    return _one_line(exc)
+    return one_line(exc, lines=2)
 
 
 def _check_known_keys(cfg: DictConfig) -> None:
@@ -195,7 +195,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides: {_one_line(exc)}") from None
+        raise ConfigError(f"cannot parse overrides: {one_line(exc, lines=2)}") from None
     axes: list[list[str]] = []
     for item in parsed:
         if item.is_sweep_override():
@@ -235,7 +235,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
     from kernels import DTYPES_NAMES
-    from study.search.samplers import option_error
+    from study.search import option_error
 
     p = cfg.problem
     for key in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim"):
@@ -311,6 +311,26 @@ def load(overrides: list[str]) -> tuple[DictConfig, str]:
     _check_known_keys(cfg)
     validate(cfg)
     return cfg, device
+
+
+def problem_from(cfg: DictConfig, device: str) -> Problem:
+    """The config's `problem` section on `device` (the device `load` resolved, or a worker's)."""
+    from kernels import Problem
+
+    p = cfg.problem
+    return Problem(
+        batch=p.batch,
+        heads_q=p.heads_q,
+        heads_kv=p.heads_kv,
+        seq_q=p.seq_q,
+        seq_kv=p.seq_kv,
+        head_dim=p.head_dim,
+        dtype=p.dtype,
+        causal=p.causal,
+        scale=p.scale,
+        device=device,
+        name=p.name,
+    )
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

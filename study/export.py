@@ -20,8 +20,13 @@ from typing import Any
 import optuna
 
 from kernels.tuned import FORMAT, VERSION
+from study import cli
+from study.errors import UserError
+from study.measure.env import device_slug
+from study.results.report import measured_complete
+from study.storage import DEFAULT_STORAGE, open_storage
 
-DEFAULT_STORAGE = "sqlite:///outputs/studies.db"
+KEYS = ("study.name", "storage.url", "out")
 USAGE = "usage: python -m study.export [study.name=A[,B]] [storage.url=URL] out=PATH.json"
 RESULT_KEYS = (
     "latency_us",
@@ -33,8 +38,8 @@ RESULT_KEYS = (
 )
 
 
-class ExportError(Exception):
-    """One line for the user."""
+class ExportError(UserError):
+    """The table cannot be written as asked (one line for the user)."""
 
 
 def registered_names(path: str | Path) -> set[str]:
@@ -85,9 +90,6 @@ def _plugin_for(variant: str, plugins: list[str]) -> str | None:
 
 def entry_of(study: optuna.Study) -> dict[str, Any] | None:
     """The table entry of one study (its best measured trial), or None where it has none."""
-    from study.measure.env import device_slug
-    from study.results.report import measured_complete
-
     best = measured_complete(study)
     if not best:
         return None
@@ -150,12 +152,7 @@ def read_table(path: Path) -> dict[str, Any]:
 
 def export(storage_url: str, names: list[str] | None, out: Path) -> list[str]:
     """Write/merge the table; returns one line per study."""
-    from study.storage import StorageError, open_storage
-
-    try:
-        storage = open_storage(storage_url)
-    except StorageError as exc:
-        raise ExportError(str(exc)) from None
+    storage = open_storage(storage_url)
     available = [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
     chosen = names or available
     missing = [n for n in chosen if n not in available]
@@ -184,36 +181,17 @@ def export(storage_url: str, names: list[str] | None, out: Path) -> list[str]:
     return lines
 
 
-def _names(value: str) -> list[str]:
-    value = value.strip()
-    if value.startswith("[") and value.endswith("]"):
-        value = value[1:-1]
-    return [n.strip().strip("'\"") for n in value.split(",") if n.strip()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    opts: dict[str, str] = {"storage.url": DEFAULT_STORAGE}
-    try:
-        for arg in args:
-            key, sep, value = arg.partition("=")
-            if not sep or key not in ("study.name", "storage.url", "out"):
-                raise ExportError(f"unknown argument {arg!r}; {USAGE}")
-            opts[key] = value
-        if not opts.get("out"):
-            raise ExportError(f"out=PATH.json is required; {USAGE}")
-        url = opts["storage.url"]
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-            raise ExportError(f"no study database at {url.removeprefix('sqlite:///')}")
-        names = _names(opts["study.name"]) if opts.get("study.name") else None
-        for line in export(url, names, Path(opts["out"])):
-            print(line)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+@cli.command(USAGE)
+def main(args: list[str]) -> int:
+    opts, _ = cli.options(args, KEYS, USAGE)
+    if not opts.get("out"):
+        raise ExportError(f"out=PATH.json is required; {USAGE}")
+    url = opts.get("storage.url", DEFAULT_STORAGE)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ExportError(f"no study database at {url.removeprefix('sqlite:///')}")
+    names = cli.as_list(opts["study.name"]) if opts.get("study.name") else None
+    for line in export(url, names, Path(opts["out"])):
+        print(line)
     print(f"tuning table: {opts['out']}")
     return 0
 

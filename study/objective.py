@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kernels import Problem
-from study.measure.worker import Worker
+from study.measure.worker import Worker, evaluate_task
 from study.space import Candidate, SearchSpace
 
 RESULT_ATTRS = (
@@ -95,13 +95,13 @@ class Objective:
 
         seed = trial_seed(self.seed, trial.number)
         trial.set_user_attr("seed", seed)
-        task = {
-            "problem": self.problem.to_dict(),
-            "candidate": candidate.to_dict(),
-            "bench": self.bench,
-            "seed": seed,
-            "label": f"trial {trial.number}: {candidate.label()}",
-        }
+        task = evaluate_task(
+            self.problem,
+            candidate.to_dict(),
+            self.bench,
+            seed,
+            f"trial {trial.number}: {candidate.label()}",
+        )
         try:
             result = self.worker.call("evaluate", task, self.timeout_s)
         except KeyboardInterrupt:

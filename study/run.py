@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,25 @@ from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
 import kernels
-from kernels import PluginError, Problem
-from study import dashboard
-from study.config import ConfigError, expand_sweeps, load, to_container
+from kernels import Problem
+from study import cli
+from study.config import expand_sweeps, load, to_container
+from study.errors import UserError
 from study.measure.env import device_slug, differences
-from study.measure.worker import Worker
+from study.measure.worker import Worker, evaluate_task
 from study.objective import CandidateFailed, Objective, trial_seed
 from study.pool import PooledObjective, resolve_devices, shared_warnings, start_all
-from study.results import plots, report
+from study.results import dispatch, plots, publish, report
+from study.search import make_sampler
 from study.search.callbacks import Patience
-from study.search.samplers import make_sampler
 from study.space import Candidate, SearchSpace, SpaceError, build_space
-from study.storage import StorageError, join_study, open_storage, redact
+from study.storage import join_study, open_storage, redact
 
 log = logging.getLogger("study")
-USER_ERRORS = (ConfigError, SpaceError, StorageError, PluginError)
 USAGE = "usage: python -m study.run [-m] [key=value ...]   (see README.md for the override names)"
 
 
-class EnvironmentMismatch(Exception):
+class EnvironmentMismatch(UserError):
     """Resuming a study measured on another device or software stack."""
 
 
@@ -53,23 +52,6 @@ def make_run_dir(root: Path = Path("outputs/runs")) -> Path:
         n += 1
     run_dir.mkdir(parents=True)
     return run_dir
-
-
-def problem_from(cfg: Any, device: str) -> Problem:
-    p = cfg.problem
-    return Problem(
-        batch=p.batch,
-        heads_q=p.heads_q,
-        heads_kv=p.heads_kv,
-        seq_q=p.seq_q,
-        seq_kv=p.seq_kv,
-        head_dim=p.head_dim,
-        dtype=p.dtype,
-        causal=p.causal,
-        scale=p.scale,
-        device=device,
-        name=p.name,
-    )
 
 
 def default_study_name(
@@ -141,13 +123,13 @@ def retime(
     again: dict[int, dict[str, Any]] = {}
     try:
         for row in rows:
-            task = {
-                "problem": problem.to_dict(),
-                "candidate": row["spec"],
-                "bench": bench,
-                "seed": trial_seed(seed + 1, row["trial"]),
-                "label": f"re-time trial {row['trial']}",
-            }
+            task = evaluate_task(
+                problem,
+                row["spec"],
+                bench,
+                trial_seed(seed + 1, row["trial"]),
+                f"re-time trial {row['trial']}",
+            )
             result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
             result.pop("log", None)
             again[row["trial"]] = result
@@ -168,13 +150,7 @@ def sdpa_panel(
         if reason:
             rows.append({"variant": name, "status": "n/a", "reason": reason})
             continue
-        task = {
-            "problem": problem.to_dict(),
-            "candidate": Candidate(name).to_dict(),
-            "bench": bench,
-            "seed": seed,
-            "label": f"sdpa panel {name}",
-        }
+        task = evaluate_task(problem, Candidate(name).to_dict(), bench, seed, f"sdpa panel {name}")
         result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
         result.pop("log", None)
         rows.append({"variant": name} | result)
@@ -182,15 +158,12 @@ def sdpa_panel(
 
 
 def run_one(overrides: list[str], show_progress: bool = True) -> int:
-    cfg, device = load(overrides)
-    plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
-    for path in plugins:
-        kernels.load_plugin(path)
-    devices = resolve_devices(cfg.worker.devices, device)  # one worker per entry
+    s = cli.setup(overrides)
+    cfg, plugins, bench = s.cfg, s.plugins, s.bench
+    devices = resolve_devices(cfg.worker.devices, s.device)  # one worker per entry
     device = devices[0]
-    problem = problem_from(cfg, device)
+    problem = s.problem.with_device(device)
     run_dir = make_run_dir()
-    bench = to_container(cfg.bench)
     for line in shared_warnings(devices):
         print(line, file=sys.stderr)
     workers = [
@@ -245,8 +218,8 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
             for w, e in zip(workers, envs, strict=True)
         ]
         objective = objectives[0] if len(objectives) == 1 else PooledObjective(objectives)
-        objective = dashboard.attach_logs(
-            objective, run_dir, dashboard.artifacts_dir_for(str(cfg.storage.url))
+        objective = publish.attach_logs(
+            objective, run_dir, publish.artifacts_dir_for(str(cfg.storage.url))
         )
         progress = Progress(int(cfg.study.n_trials), show_progress)
         try:
@@ -270,8 +243,8 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
     again = retime(
         rows[: int(cfg.study.retime_top_k)], problem, bench, cfg, run_dir, int(cfg.seed), plugins
     )
-    ranking = ranking_verdict(rows, again)
-    notes = report.flags(rows, None)
+    ranking = report.ranking_verdict(rows, again)
+    notes = report.flags(rows)
     state_counts = report.counts(study)
     print(report.table(rows, again))
     print(ranking)
@@ -292,7 +265,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         "trials_this_run": int(cfg.study.n_trials),
         "overrides": overrides,
     }
-    default_pick = report.sdpa_default_pick(problem)
+    default_pick = dispatch.sdpa_default_pick(problem)
     figures = plots.write_plots(study, run_dir)
     results["sdpa_default"] = default_pick
     results["figures"] = figures
@@ -317,58 +290,28 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
     note = report.note_markdown(
         study.study_name, env, state_counts, rows, again, ranking, run_dir, default_pick
     )
-    dashboard.publish(study, note, plugins, again)
+    publish.publish(study, note, plugins, again)
     print(f"run folder: {run_dir}")
     return 0
 
 
-def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]) -> str:
-    """Did the best candidates keep their order when timed again in a fresh process?"""
-    timed = [(r["trial"], again[r["trial"]]) for r in rows if r["trial"] in again]
-    if not timed:
-        return "re-timing: not run"
-    failed = [t for t, res in timed if res.get("status") != "ok"]
-    if failed:
-        return f"re-timing: trials {failed} did not pass again in a fresh worker: do not trust them"
-    order = [t for t, _ in sorted(timed, key=lambda item: item[1]["latency_us"])]
-    first = [t for t, _ in timed]
-    if order == first:
-        return f"re-timing: the ranking of the top {len(timed)} held in a fresh worker"
-    return (
-        f"re-timing: the ranking changed in a fresh worker (was {first}, now {order}); "
-        "the top candidates are within noise of each other"
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
+@cli.command(
+    USAGE,
+    interrupted="interrupted: finished trials are saved; rerun to resume",
+    flags=("-m", "--multirun"),
+)
+def main(args: list[str]) -> int:
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
-    unknown_flags = [a for a in overrides if a.startswith("-")]
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        if unknown_flags:
-            raise ConfigError(f"unknown option {unknown_flags[0]}; {USAGE}")
-        combos = expand_sweeps(overrides) if multirun else [overrides]
-        for combo in combos:
-            cfg, device = load(combo)  # every combination is checked before any study starts
-            resolve_devices(cfg.worker.devices, device)
-        for index, combo in enumerate(combos):
-            if multirun:
-                print(f"[{index + 1}/{len(combos)}] {' '.join(combo)}", file=sys.stderr)
-            run_one(combo)
-        return 0
-    except (*USER_ERRORS, EnvironmentMismatch) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; rerun to resume", file=sys.stderr)
-        return 130
+    combos = expand_sweeps(overrides) if multirun else [overrides]
+    for combo in combos:
+        cfg, device = load(combo)  # every combination is checked before any study starts
+        resolve_devices(cfg.worker.devices, device)
+    for index, combo in enumerate(combos):
+        if multirun:
+            print(f"[{index + 1}/{len(combos)}] {' '.join(combo)}", file=sys.stderr)
+        run_one(combo)
+    return 0
 
 
 if __name__ == "__main__":

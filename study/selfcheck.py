@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import kernels
-from kernels import PluginError, Problem, Variant
+from kernels import Problem, Variant
 from kernels import mutations as mut
-from study.config import ConfigError, load, to_container
-from study.measure.worker import Worker
-from study.run import problem_from
+from study import cli
+from study.errors import UserError
+from study.measure.worker import Worker, evaluate_task
 from study.space import Candidate
 
 USAGE = (
@@ -85,20 +83,6 @@ def mutation_rows(variant: Variant, problem: Problem) -> list[tuple[str, dict[st
                 continue
             rows.append((f"{name}={value}", {name: value}))
     return rows
-
-
-NOT_GATED = (
-    "not run: study/measure/harness.py does not gate reused outputs yet "
-    "(it must check applied.wrap_for_gate(built) and read each timed output before the next "
-    "call on its buffers; see kernels/mutations.py)"
-)
-
-
-def harness_gates_reused_outputs() -> bool:
-    """True once study/measure/harness.py gates `out=prealloc` / `graph=on` (wrap_for_gate)."""
-    from study.measure import harness
-
-    return bool(getattr(harness, "GATES_REUSED_OUTPUTS", False))
 
 
 def _shrunk(problem: Problem) -> Problem:
@@ -172,16 +156,13 @@ def check(
             rows.append(Row(name, "-", "n/a", "no valid parameter combination", builtin=builtin))
             continue
         for label, muts in mutation_rows(variant, here):
-            if mut.Applied(muts, here).reuses_output and not harness_gates_reused_outputs():
-                rows.append(Row(name, label, "skipped", NOT_GATED, builtin=builtin))
-                continue
-            task = {
-                "problem": here.to_dict(),
-                "candidate": Candidate(name, params, muts).to_dict(),
-                "bench": bench,
-                "seed": seed,
-                "label": f"selfcheck {name} {label}",
-            }
+            task = evaluate_task(
+                here,
+                Candidate(name, params, muts).to_dict(),
+                bench,
+                seed,
+                f"selfcheck {name} {label}",
+            )
             result = worker.call("evaluate", task, timeout_s)
             row = Row(name, label, "FAIL", builtin=builtin)
             if here != problem:
@@ -221,47 +202,33 @@ def check(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore")
+@cli.command(USAGE, interrupted="interrupted: selfcheck stopped before its table", quiet=True)
+def main(args: list[str]) -> int:
     keys = [a.split("=", 1)[0].lstrip("+") for a in args]
     overrides = list(args) if "bench" in keys else ["bench=quick", *args]
-    try:
-        cfg, device = load(overrides)
-        plugins = [str(Path(p).expanduser().resolve()) for p in cfg.space.plugins]
-        for path in plugins:
-            kernels.load_plugin(path)
-    except (ConfigError, PluginError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    problem = problem_from(cfg, device)
+    s = cli.setup(overrides)
     registry = kernels.variants()
-    names = list(cfg.space.variants) or sorted(registry)
+    names = list(s.cfg.space.variants) or sorted(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
-        print(f"error: unknown variant(s) {', '.join(unknown)}", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}")
     if "space.exclude" in keys:
-        names = [n for n in names if n not in set(cfg.space.exclude)]
+        names = [n for n in names if n not in set(s.cfg.space.exclude)]
     print(
-        f"selfcheck on {device}: {problem.signature()}, {len(names)} variants "
+        f"selfcheck on {s.device}: {s.problem.signature()}, {len(names)} variants "
         f"({' '.join(overrides)})",
         file=sys.stderr,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="selfcheck-"))
-    worker = Worker(device, plugins, log_dir / "worker.log")
+    worker = Worker(s.device, s.plugins, log_dir / "worker.log")
     try:
         rows = check(
-            problem,
-            to_container(cfg.bench),
+            s.problem,
+            s.bench,
             names,
             worker,
-            seed=int(cfg.seed),
-            timeout_s=max(float(cfg.worker.timeout_s), 300.0),
+            seed=int(s.cfg.seed),
+            timeout_s=max(float(s.cfg.worker.timeout_s), 300.0),
         )
     finally:
         worker.stop()

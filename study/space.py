@@ -28,11 +28,12 @@ from optuna.distributions import IntDistribution
 
 from kernels import Problem, Variant
 from kernels import mutations as mut
+from study.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class SpaceError(Exception):
+class SpaceError(UserError):
     """The space cannot be built from the config (one line for the user)."""
 
 

@@ -40,12 +40,15 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from study.errors import UserError, one_line
+
+DEFAULT_STORAGE = "sqlite:///outputs/studies.db"  # relative to the working directory
 GRACE_FACTOR = 4  # a trial is stale after GRACE_FACTOR missed heartbeats
 MAX_RETRY = 3  # a trial whose worker keeps dying is retried at most this often
 JOURNAL_PREFIX = "journal:///"
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """The storage cannot be opened (one line for the user)."""
 
 
@@ -111,11 +114,6 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self,
     ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_trial_callback
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs")
@@ -205,7 +203,7 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
                 str(journal), lock_obj=JournalFileOpenLock(str(journal) + ".lock")
             )
         except Exception as exc:
-            raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot open storage {redact(url)}: {one_line(exc)}") from None
         if not heartbeat:
             return JournalStorage(backend)
         return HeartbeatJournalStorage(
@@ -235,9 +233,9 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.Ba
         hint = ""
         if kind(url) == "postgresql":
             hint = " (pip install 'psycopg[binary]', or `pip install -e .[postgres]`)"
-        raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}{hint}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {one_line(exc)}{hint}") from None
     except Exception as exc:
-        raise StorageError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {one_line(exc)}") from None
 
 
 def join_study(

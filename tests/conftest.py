@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def chunk_plugin(name: str) -> str:
-    """A user's plugin as DESIGN.md shows one: query-chunked plain attention, GQA by repeat, with
+    """A user's plugin as README.md shows one: query-chunked plain attention, GQA by repeat, with
     the chunk as its tunable (16 or 32). Honest: the gate must accept it."""
     return textwrap.dedent(f"""
         import torch

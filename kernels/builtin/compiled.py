@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from kernels._problem import Problem
+from kernels._reference import plain_attention
 from kernels._registry import register
 
 MODES = ["default", "max-autotune-no-cudagraphs", "reduce-overhead"]
@@ -37,7 +38,9 @@ _KEPT: dict[tuple[Any, ...], Callable[..., Any]] = {}
 COMPILES = {"count": 0}  # how many torch.compile calls built a new function (tests read it)
 
 
-def _raise_limits() -> None:
+def raise_limits() -> None:
+    """Raise dynamo's recompile limits (here and in flex), so that a study's configurations
+    compile instead of silently falling back to eager."""
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
@@ -77,25 +80,11 @@ def _mode_valid(problem: Problem, mode: str) -> str | None:
     return None
 
 
-def _plain_math(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
-) -> torch.Tensor:
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if causal:
-        rows = torch.arange(q.shape[2], device=q.device)[:, None]
-        cols = torch.arange(k.shape[2], device=q.device)[None, :]
-        scores = scores.masked_fill(cols > rows, float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    return torch.matmul(weights, v)
-
-
 def _make_plain(scale: float, causal: bool) -> Callable[..., None]:
+    """plain_attention itself (it traces whole under fullgraph), written into `out`."""
+
     def plain_into(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
-        out.copy_(_plain_math(q, k, v, scale, causal))
+        out.copy_(plain_attention(q, k, v, causal, scale))
 
     return plain_into
 
@@ -123,7 +112,7 @@ def _make_chunked(scale: float, causal: bool, chunk: int) -> Callable[..., None]
 
 def _compiled(key: tuple[Any, ...], fn: Callable[..., None], problem: Problem, mode: str):
     """The compiled `fn` for `key`, compiled and run once on dummy inputs if new."""
-    _raise_limits()
+    raise_limits()
     if key in _KEPT:
         return _KEPT[key]
     if len(_KEPT) >= MAX_KEPT:

@@ -72,9 +72,9 @@ def valid(problem: Problem, **params: Any) -> str | None:
 def _compiled_flex() -> Callable[..., Any]:
     key = ("flex",)
     if key not in _KEPT:
-        from kernels.builtin.compiled import _raise_limits
+        from kernels.builtin.compiled import raise_limits
 
-        _raise_limits()
+        raise_limits()
         _KEPT[key] = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     return _KEPT[key]
 

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import socket
 import subprocess
 from typing import Any
 
+from kernels import cpu_name, device_name, name_slug
+
 # What must match for two runs to share a study; the rest is recorded, not compared.
 COMPARED = ("device_name", "torch", "triton", "cuda", "cudnn")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _driver() -> str | None:
@@ -59,7 +49,7 @@ def fingerprint(device: str) -> dict[str, Any]:
         "cudnn": None,
         "python": platform.python_version(),
         "host": socket.gethostname(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -67,7 +57,7 @@ def fingerprint(device: str) -> dict[str, Any]:
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)
         info.update(
-            device_name=torch.cuda.get_device_name(index),
+            device_name=device_name(torch.device("cuda", index)),
             capability=".".join(map(str, torch.cuda.get_device_capability(index))),
             sm_count=props.multi_processor_count,
             memory_gib=round(props.total_memory / 2**30, 1),
@@ -75,15 +65,13 @@ def fingerprint(device: str) -> dict[str, Any]:
             driver=_driver(),
         )
     else:
-        info["device_name"] = f"CPU {info['cpu']} x{os.cpu_count()}"
+        info["device_name"] = device_name(torch.device("cpu"))
     return info
 
 
 def device_slug(env: dict[str, Any]) -> str:
-    """A short, file-safe name for the device model (part of the default study name)."""
-    name = str(env.get("device_name", "unknown"))
-    name = re.sub(r"\(R\)|\(TM\)|CPU @.*|Processor|NVIDIA ", "", name)
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40]
+    """A short, file-safe name for the device model of a fingerprint (kernels.name_slug)."""
+    return name_slug(str(env.get("device_name", "unknown")))
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

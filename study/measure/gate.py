@@ -1,9 +1,9 @@
 """The correctness gate: a candidate is timed only after it computes attention, honestly.
 
-Per trial: fresh random input sets (a new seed per trial, one set per distribution at least,
-never zeros), the float64 plain-math reference, and a FlashAttention-style bound: the candidate's
-largest error may be at most twice that of a same-dtype plain PyTorch implementation, plus a tiny
-atol. Checks, each named in `rejected_by` when it fails:
+Per trial: fresh random input sets (study/measure/inputs.py: a new seed per trial, one set per
+distribution at least, never zeros), the float64 plain-math reference, and a FlashAttention-style
+bound: the candidate's largest error may be at most twice that of a same-dtype plain PyTorch
+implementation, plus a tiny atol. Checks, each named in `rejected_by` when it fails:
 
 - `type` (a plain tensor, no subclass: lazy tensors computed when read), `shape`, `dtype`,
   `device`, `stride` (no zero or overlapping strides: a broadcast output that hides a wrong shape);
@@ -14,10 +14,9 @@ atol. Checks, each named in `rejected_by` when it fails:
   later: work finished on a side thread or stream), `output_changed` (earlier outputs changed by
   later calls or by time), `cached_output` (the same buffers, refilled in place with new values,
   give the old answer: outputs cached by data pointer, id or shape);
-- `global_state` (SDPA backend flags, TF32, matmul precision, threads, default dtype and device,
-  determinism, denormals, torch function/dispatch modes: restored, then rejected);
-- `timer_patched`, `baseline_patched`, `harness_patched` (a clock, the SDPA baseline, or the
-  checker itself replaced: restored, then rejected).
+- `global_state`, `timer_patched`, `baseline_patched`, `harness_patched`: the guard
+  (study/measure/guard.py) after every call; global flags changed, or a clock, the SDPA
+  baseline or the checker itself replaced: restored, then rejected.
 
 Memory an output could be carved from (the plain implementation's output, just freed) is
 poisoned with NaN before the candidate runs, so that returning uninitialised memory never passes.
@@ -25,8 +24,6 @@ poisoned with NaN before the candidate runs, so that returning uninitialised mem
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -34,30 +31,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-import kernels
-import kernels._reference
-import kernels.builtin.sdpa
-from kernels import Problem, plain_attention, reference_attention
-from kernels._reference import expand_kv, qk_matmul
-from study.measure import timing
+from kernels import (
+    Problem,
+    dense_non_overlapping,
+    expand_kv,
+    plain_attention,
+    qk_matmul,
+    reference_attention,
+)
+from study.measure import guard
+from study.measure.guard import Rejected
+from study.measure.inputs import DISTRIBUTIONS, make_inputs
 
-# normal, uniform, peaked and offset as before; tail: large values in the last key/value rows
-# (dropped tail keys or missing tail masking show); large: scores far beyond exp's range
-# (missing max-subtraction overflows to NaN/Inf).
-DISTRIBUTIONS = ("normal", "uniform", "peaked", "offset", "tail", "large")
 ATOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-6, torch.float64: 1e-9}
 LATE_DELAY_S = 0.05  # how long the gate waits before reading outputs again
-
-
-class Rejected(Exception):
-    """The candidate ran but is not correct; `check` names the failed check."""
-
-    def __init__(self, check: str, detail: str) -> None:
-        super().__init__(f"{check}: {detail}")
-        self.check = check
-        self.detail = detail
 
 
 @dataclass
@@ -67,220 +55,6 @@ class GateReport:
     rel_err: float = 0.0
     sets: int = 0
     distributions: list[str] = field(default_factory=list)
-
-
-def make_inputs(
-    problem: Problem, seed: int, distribution: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fresh random q, k, v (B,H,S,D contiguous) drawn on the CPU, then moved: same on any device.
-
-    normal: N(0,1). uniform: U(-1,1) (where "mean of V" cheats thrive under loose bounds).
-    peaked: large q/k so that softmax is nearly one-hot. offset: keys with a shared offset and
-    values far from zero mean (where missing max-subtraction and dropped keys show). tail: the
-    last eighth of the keys (at least one) carry values far from the rest and keys the queries
-    like, so that a kernel that drops or masks out the tail block is far off. large: q and k so
-    large that exp() of raw scores overflows.
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def draw(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=gen, dtype=torch.float32)
-
-    q, k, v = draw(problem.q_shape()), draw(problem.kv_shape()), draw(problem.kv_shape())
-    if distribution == "uniform":
-        q, k, v = (torch.rand(t.shape, generator=gen) * 2 - 1 for t in (q, k, v))
-    elif distribution == "peaked":
-        q, k = q * 3.0, k * 3.0
-    elif distribution == "offset":
-        k = k + 2.0
-        v = v * 2.0 + 3.0
-    elif distribution == "tail":
-        tail = max(1, problem.seq_kv // 8)
-        v[:, :, -tail:] += 8.0
-        # make the tail keys attractive: align them with the mean query direction
-        direction = q.mean(dim=(1, 2), keepdim=True)  # (B,1,1,D)
-        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        k[:, :, -tail:] += 2.0 * direction
-    elif distribution == "large":
-        q, k = q * 12.0, k * 12.0
-    elif distribution != "normal":
-        raise ValueError(f"unknown distribution {distribution!r}")
-    # never exact zeros (a zero input hides a candidate that ignores it)
-    q, k, v = (torch.where(t == 0, torch.full_like(t, 1e-3), t) for t in (q, k, v))
-    return tuple(t.to(problem.dtype).to(problem.device) for t in (q, k, v))  # type: ignore[return-value]
-
-
-# -- global state guard -----------------------------------------------------------------------
-def _flush_denormal_on() -> bool:
-    tiny = torch.tensor([1e-39], dtype=torch.float32)
-    return bool(float(tiny * torch.tensor([1.0])) == 0.0)
-
-
-def _mode_depths() -> tuple[int, int]:
-    from torch.overrides import _get_current_function_mode_stack
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return len(_get_current_function_mode_stack()), len(_get_current_dispatch_mode_stack())
-
-
-def _pop_modes(depths: tuple[int, int]) -> None:
-    while _mode_depths()[0] > depths[0]:
-        torch._C._pop_torch_function_stack()
-    while _mode_depths()[1] > depths[1]:
-        torch._C._pop_torch_dispatch_stack()
-
-
-def _state_items() -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
-    items: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
-        "num_threads": (torch.get_num_threads, torch.set_num_threads),
-        "num_interop_threads": (torch.get_num_interop_threads, lambda n: None),
-        "default_dtype": (torch.get_default_dtype, torch.set_default_dtype),
-        "float32_matmul_precision": (
-            torch.get_float32_matmul_precision,
-            torch.set_float32_matmul_precision,
-        ),
-        "deterministic": (
-            torch.are_deterministic_algorithms_enabled,
-            lambda on: torch.use_deterministic_algorithms(on),
-        ),
-        "grad_enabled": (torch.is_grad_enabled, torch.set_grad_enabled),
-        "flush_denormal": (_flush_denormal_on, torch.set_flush_denormal),
-        "mkldnn_enabled": (
-            lambda: torch.backends.mkldnn.enabled,
-            lambda on: setattr(torch.backends.mkldnn, "enabled", on),
-        ),
-        "modes": (_mode_depths, _pop_modes),
-    }
-    if hasattr(torch, "get_default_device"):
-        items["default_device"] = (torch.get_default_device, torch.set_default_device)
-    cuda = torch.backends.cuda
-    for flag in ("flash", "mem_efficient", "math", "cudnn"):
-        getter = getattr(cuda, f"{flag}_sdp_enabled", None)
-        setter = getattr(cuda, f"enable_{flag}_sdp", None)
-        if getter and setter:
-            items[f"sdp_{flag}"] = (getter, setter)
-    if hasattr(cuda, "fp16_bf16_reduction_math_sdp_allowed"):
-        items["sdp_math_reduced_precision"] = (
-            cuda.fp16_bf16_reduction_math_sdp_allowed,
-            cuda.allow_fp16_bf16_reduction_math_sdp,
-        )
-    matmul = torch.backends.cuda.matmul
-    for name in (
-        "allow_tf32",
-        "allow_fp16_reduced_precision_reduction",
-        "allow_bf16_reduced_precision_reduction",
-    ):
-        if hasattr(matmul, name):
-            items[f"cuda_matmul_{name}"] = (
-                lambda name=name: getattr(torch.backends.cuda.matmul, name),
-                lambda on, name=name: setattr(torch.backends.cuda.matmul, name, on),
-            )
-    for name in ("allow_tf32", "benchmark", "deterministic", "enabled"):
-        items[f"cudnn_{name}"] = (
-            lambda name=name: getattr(torch.backends.cudnn, name),
-            lambda on, name=name: setattr(torch.backends.cudnn, name, on),
-        )
-    return items
-
-
-def snapshot_state() -> dict[str, Any]:
-    return {name: get() for name, (get, _) in _state_items().items()}
-
-
-def restore_state(saved: dict[str, Any]) -> list[str]:
-    """Put every changed item back; return the names that had changed."""
-    changed = []
-    items = _state_items()
-    for name, value in saved.items():
-        get, put = items[name]
-        if get() != value:
-            changed.append(name)
-            with contextlib.suppress(Exception):  # restore what can be, report it all
-                put(value)
-    return changed
-
-
-# -- patch guard: clocks, the baseline and the checker hold private references ------------------
-def _guarded() -> dict[str, list[tuple[Any, str]]]:
-    cuda_event = torch.cuda.Event
-    return {
-        "timer_patched": [
-            *((time, n) for n in ("perf_counter_ns", "perf_counter", "monotonic", "monotonic_ns")),
-            *((time, n) for n in ("time", "time_ns", "process_time_ns", "sleep")),
-            (torch.cuda, "Event"),
-            (torch.cuda, "synchronize"),
-            (torch.cuda, "current_stream"),
-            *((cuda_event, n) for n in ("record", "elapsed_time", "synchronize", "query")),
-            *((timing, n) for n in ("_perf_counter_ns", "_perf_counter", "_monotonic_ns")),
-            *((timing, n) for n in ("_CudaEvent", "_cuda_synchronize", "measure_pair", "Stats")),
-            (timing.Timer, "time_call"),
-            (timing.Stats, "of"),
-        ],
-        "baseline_patched": [
-            (F, "scaled_dot_product_attention"),
-            (torch._C._nn, "scaled_dot_product_attention"),
-            (kernels.builtin.sdpa, "sdpa_call"),
-            (kernels.builtin.sdpa, "F"),
-            (torch.nn.attention, "sdpa_kernel"),
-        ],
-        "harness_patched": [
-            (kernels, "reference_attention"),
-            (kernels, "plain_attention"),
-            (kernels._reference, "reference_attention"),
-            (kernels._reference, "plain_attention"),
-            (torch, "equal"),
-            (torch, "isfinite"),
-            (torch, "isnan"),
-            (torch.Tensor, "to"),
-            (torch.Tensor, "clone"),
-            (torch.Tensor, "abs"),
-            (torch.Tensor, "max"),
-            *(
-                (sys.modules[__name__], n)
-                for n in ("check_output", "check_values", "run_gate", "make_inputs", "Rejected")
-            ),
-            *(
-                (sys.modules[__name__], n)
-                for n in ("check_guards", "snapshot_state", "restore_state", "_state_items")
-            ),
-        ],
-    }
-
-
-def _lookup(owner: Any, name: str) -> Any:
-    return inspect.getattr_static(owner, name, None)
-
-
-_ORIGINALS: dict[str, list[tuple[Any, str, Any]]] = {}
-
-
-def capture_originals() -> None:
-    """Remember the objects the guard protects (called at import, before any plugin loads)."""
-    _ORIGINALS.clear()
-    for check, entries in _guarded().items():
-        _ORIGINALS[check] = [(owner, name, _lookup(owner, name)) for owner, name in entries]
-
-
-def restore_patches() -> dict[str, list[str]]:
-    """Put every replaced attribute back; return {check: [names]} of what had been replaced."""
-    found: dict[str, list[str]] = {}
-    for check, entries in _ORIGINALS.items():
-        for owner, name, original in entries:
-            if _lookup(owner, name) is not original:
-                found.setdefault(check, []).append(f"{getattr(owner, '__name__', owner)}.{name}")
-                setattr(owner, name, original)
-    return found
-
-
-def check_guards(state: dict[str, Any]) -> None:
-    """Raise Rejected (after restoring) if a guarded attribute or the global state changed."""
-    patched = restore_patches()
-    changed = restore_state(state)
-    for check in ("timer_patched", "baseline_patched", "harness_patched"):
-        if check in patched:
-            raise Rejected(check, f"replaced {', '.join(patched[check])} (restored)")
-    if changed:
-        raise Rejected("global_state", f"changed {', '.join(changed)} (restored)")
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -309,17 +83,6 @@ def synchronize(problem: Problem) -> None:
         torch.cuda.synchronize(problem.device)
 
 
-def _dense_non_overlapping(t: torch.Tensor) -> bool:
-    """True when the elements cover a block of memory once each (any order of dimensions)."""
-    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n != 1)
-    expected = 1
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def check_output(
     problem: Problem,
     out: Any,
@@ -344,7 +107,7 @@ def check_output(
         raise Rejected("device", f"device {out.device} != {problem.device}")
     if out.requires_grad:
         raise Rejected("type", "the output requires grad (an autograd graph rides along)")
-    if not _dense_non_overlapping(out):
+    if not dense_non_overlapping(out):
         raise Rejected("stride", f"strides {out.stride()} overlap or leave holes (broadcast?)")
     return check_values(problem, out if values is None else values, ref, plain_err)
 
@@ -371,7 +134,7 @@ def _storage_ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal, NaN counting as equal to NaN."""
     return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
 
@@ -457,14 +220,14 @@ def _call(
 ) -> None:
     """Run the candidate once on `call`'s inputs and check everything that can be checked now."""
     poison_free_memory(problem, out_bytes)
-    state = snapshot_state()
+    state = guard.snapshot_state()
     out = run(*call.inputs)
     # Read the output the moment the call returns (stream-ordered on a GPU): a result still
     # being written by a side thread or stream differs from what it holds later.
     early = out.detach().clone() if isinstance(out, torch.Tensor) else None
     call.out, call.early = out, early
     synchronize(problem)
-    check_guards(state)
+    guard.check_guards(state)
     for name, before, after in zip("qkv", call.originals, call.inputs, strict=True):
         if not torch.equal(before, after):
             raise Rejected("inputs_modified", f"{name} was written to")
@@ -507,7 +270,7 @@ def _gated(
     except Rejected as rejected:
         if rejected.check in ("tolerance", "nan") and call.early is not None:
             for number, other in enumerate(earlier):
-                if other.early is not None and _same_values(other.early, call.early):
+                if other.early is not None and same_values(other.early, call.early):
                     raise Rejected(
                         "cached_output",
                         f"returned the output of check {number} again for new inputs",
@@ -567,7 +330,7 @@ def run_gate(
         raise Rejected("output_aliased", "two calls returned the same memory")
     for number, call in enumerate(calls):
         assert isinstance(call.out, torch.Tensor) and call.early is not None
-        if not _same_values(call.out.detach(), call.early):
+        if not same_values(call.out.detach(), call.early):
             raise Rejected(
                 "output_changed",
                 f"output of check {number} changed after its call returned (later calls, time)",
@@ -575,4 +338,9 @@ def run_gate(
     return report
 
 
-capture_originals()  # last: every guarded function of this module exists by now
+# last: every guarded function of this module exists by now (names looked up here at call time)
+guard.protect(
+    "harness_patched",
+    sys.modules[__name__],
+    ("check_output", "check_values", "run_gate", "make_inputs", "Rejected"),
+)

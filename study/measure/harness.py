@@ -4,7 +4,7 @@ Runs in the worker process only. Returns a plain dict (it crosses a pipe):
 status "ok" (checked and timed), "rejected" (ran, not correct: `rejected_by`) or "error"
 (could not be built or run: `error`, one line).
 
-The guards of study/measure/gate.py run after the build, after every gated call and after every
+The guards of study/measure/guard.py run after the build, after every gated call and after every
 timed call: a candidate that patches a clock, the baseline or the checker, or changes global state,
 is restored and rejected before the baseline runs next. The baseline calls SDPA through a private
 reference taken at import, so a patched `F.scaled_dot_product_attention` cannot slow it.
@@ -13,6 +13,9 @@ with new values first, and the candidate's output of that timed call (and of one
 an unchanged buffer) must match the reference
 (`rejected_by: timed_output`); a candidate that behaves in the gate and cheats once timed (a
 cache by address, all the work batched into one call, a side thread) is caught there.
+Candidates whose mutation reuses output memory (`out=prealloc`, `graph=on`) are gated through
+`Applied.wrap_for_gate` (fresh memory per call), and their timed outputs are re-read before the
+next call on the same buffers.
 """
 
 from __future__ import annotations
@@ -27,19 +30,18 @@ import torch
 import kernels
 from kernels import Problem
 from kernels.mutations import Applied
-from study.measure import gate, timing
+from study.errors import one_line
+from study.measure import gate, guard, inputs, timing
+from study.measure.guard import Rejected
 
 # Private reference to the SDPA baseline, taken before any plugin is imported.
 _SDPA = torch._C._nn.scaled_dot_product_attention
 # The worker's global state before any candidate ran: every trial starts from it, so that a
 # candidate that changes state after its own checks (a late thread) cannot hide the next
 # candidate's change, nor slow the next baseline.
-_PRISTINE_STATE = gate.snapshot_state()
+_PRISTINE_STATE = guard.snapshot_state()
 SPOT_REPS = (0, 4, 8, 16, 32, 64, 128, 256, 512)  # refilled and checked (and 2 reps later)
 SPOT_KEEP = 4  # spot-checked timed outputs kept to be read again at the end
-# The gate checks `out=prealloc` and `graph=on` candidates through Applied.wrap_for_gate (fresh
-# memory per call); their timed outputs are re-read before the next call on the same buffers.
-GATES_REUSED_OUTPUTS = True
 # per repetition, added to the refill values: 2**-6 outgrows the bf16/fp16 spacing of |x| < 4,
 # so nearly every element differs from every earlier repetition's in any dtype
 REFILL_SHIFT = 2.0**-6
@@ -63,7 +65,7 @@ class SpotCheck:
         self.buffers = buffers
         self.applied = applied
         self.seed = seed
-        self.state = gate.snapshot_state()
+        self.state = guard.snapshot_state()
         self.pending: tuple[int, torch.Tensor, float] | None = None
         self.refs: dict[int, tuple[torch.Tensor, float]] = {}
         self.gen = torch.Generator(device=problem.device).manual_seed(seed + 12_345)
@@ -90,8 +92,8 @@ class SpotCheck:
         keep = []
         for out, early, rep, buffer in self.kept:
             if index is None or buffer == index:
-                if not gate._same_values(out.detach(), early):
-                    raise gate.Rejected(
+                if not gate.same_values(out.detach(), early):
+                    raise Rejected(
                         "timed_output", f"timed repetition {rep}: output changed after it returned"
                     )
             else:
@@ -110,7 +112,7 @@ class SpotCheck:
         if phase == 0:
             distribution = "tail" if SPOT_REPS.index(rep) % 2 else "normal"
             fresh = self.applied.prepare_inputs(
-                gate.make_inputs(self.problem, self.seed * 7919 + 50_000 + rep, distribution)
+                inputs.make_inputs(self.problem, self.seed * 7919 + 50_000 + rep, distribution)
             )
             with torch.no_grad():
                 for buffer, values in zip(self.buffers[index], fresh, strict=True):
@@ -136,15 +138,15 @@ class SpotCheck:
 
     def on_output(self, index: int, out: Any) -> None:
         early = out.detach().clone() if isinstance(out, torch.Tensor) else None
-        gate.check_guards(self.state)
+        guard.check_guards(self.state)
         if self.pending is None:
             return
         rep, ref, plain_err = self.pending
         self.pending = None
         try:
             gate.check_output(self.problem, out, ref, plain_err, values=early)
-        except gate.Rejected as rejected:
-            raise gate.Rejected(
+        except Rejected as rejected:
+            raise Rejected(
                 "timed_output", f"timed repetition {rep}: {rejected.check}: {rejected.detail}"
             ) from None
         assert early is not None
@@ -155,7 +157,7 @@ class SpotCheck:
         """Read the kept timed outputs again after a delay: late or overwritten work."""
         time.sleep(gate.LATE_DELAY_S)
         gate.synchronize(self.problem)
-        gate.check_guards(self.state)
+        guard.check_guards(self.state)
         self._reread(None)
 
 
@@ -171,18 +173,13 @@ def _no_work_left_behind(threads_before: set[threading.Thread], state: dict[str,
     deadline = time.monotonic() + LATE_THREAD_WAIT_S
     for thread in late:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    gate.check_guards(state)
+    guard.check_guards(state)
     return [t.name for t in late if t.is_alive()]
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _timing_buffers(problem: Problem, applied: Applied, seed: int, count: int) -> list[tuple]:
     return [
-        applied.prepare_inputs(gate.make_inputs(problem, seed * 7919 + 101 + i, "normal"))
+        applied.prepare_inputs(inputs.make_inputs(problem, seed * 7919 + 101 + i, "normal"))
         for i in range(count)
     ]
 
@@ -201,11 +198,11 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     variant = registry[spec["variant"]]
     applied = Applied(spec.get("mutations", {}), problem)
     torch.manual_seed(seed)
-    leftover = gate.restore_patches()  # e.g. a plugin that patched at import time
-    dirty = gate.restore_state(_PRISTINE_STATE)  # e.g. a late thread of an earlier candidate
+    leftover = guard.restore_patches()  # e.g. a plugin that patched at import time
+    dirty = guard.restore_state(_PRISTINE_STATE)  # e.g. a late thread of an earlier candidate
     if leftover or dirty:
         result["note"] = f"restored before the build: {leftover or ''} {', '.join(dirty)}".strip()
-    state = gate.snapshot_state()
+    state = guard.snapshot_state()
     try:
         started = time.perf_counter()
         with applied.context():
@@ -214,14 +211,14 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         run = applied.wrap(built)
         gate_run = applied.wrap_for_gate(built)
     except Exception as exc:
-        gate.restore_patches()
-        gate.restore_state(state)
-        result["error"] = f"build failed: {one_line(exc)}"
+        guard.restore_patches()
+        guard.restore_state(state)
+        result["error"] = f"build failed: {one_line(exc, lines=None, typed=True)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
     try:
-        gate.check_guards(state)
-    except gate.Rejected as rejected:
+        guard.check_guards(state)
+    except Rejected as rejected:
         result.update(
             status="rejected", rejected_by=rejected.check, detail=f"in build: {rejected.detail}"
         )
@@ -246,13 +243,13 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         report = gate.run_gate(
             problem, gate_in_context, applied.prepare_inputs, seed, int(bench["check_sets"])
         )
-    except gate.Rejected as rejected:
+    except Rejected as rejected:
         result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
         return result
     except Exception as exc:
-        gate.restore_patches()
-        gate.restore_state(state)
-        result["error"] = f"run failed: {one_line(exc)}"
+        guard.restore_patches()
+        guard.restore_state(state)
+        result["error"] = f"run failed: {one_line(exc, lines=None, typed=True)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
 
@@ -270,15 +267,15 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         )
         spot.finish()
         lingering = _no_work_left_behind(threads_before, state)
-    except gate.Rejected as rejected:
-        gate.restore_patches()
-        gate.restore_state(state)
+    except Rejected as rejected:
+        guard.restore_patches()
+        guard.restore_state(state)
         result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
         return result
     except Exception as exc:
-        gate.restore_patches()
-        gate.restore_state(state)
-        result["error"] = f"timing failed: {one_line(exc)}"
+        guard.restore_patches()
+        guard.restore_state(state)
+        result["error"] = f"timing failed: {one_line(exc, lines=None, typed=True)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
     cand, base = pair.candidate, pair.baseline

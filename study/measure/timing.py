@@ -8,7 +8,7 @@ a time cap; median and IQR kept, and the per-repetition ratio baseline/candidate
 
 The clocks are private references taken when this module is imported, before any candidate or
 plugin code runs: a candidate that replaces `time.perf_counter_ns` or `torch.cuda.Event` does not
-change what is measured, and the gate's guard (study/measure/gate.py) notices the replacement.
+change what is measured, and the guard (study/measure/guard.py) notices the replacement.
 """
 
 from __future__ import annotations
@@ -106,9 +106,6 @@ class Pair:
     baseline: Stats
     ratios: list[float]
     wall_s: float
-
-    def __iter__(self) -> Any:  # `cand, base = measure_pair(...)` keeps working
-        return iter((self.candidate, self.baseline))
 
     @property
     def speedup(self) -> float:

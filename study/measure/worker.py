@@ -23,9 +23,29 @@ import time
 import traceback
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the worker imports torch (through kernels) only after redirecting its output
+    from kernels import Problem
 
 LOG_TAIL_CHARS = 4000
+
+
+def evaluate_task(
+    problem: Problem, candidate: dict[str, Any], bench: dict[str, Any], seed: int, label: str
+) -> dict[str, Any]:
+    """The payload of an `evaluate` request, as study/measure/harness.py `evaluate` reads it.
+
+    `candidate` is a candidate's spec (`Candidate.to_dict()`); `seed` draws the gate's inputs;
+    `label` names the request in the worker's log.
+    """
+    return {
+        "problem": problem.to_dict(),
+        "candidate": candidate,
+        "bench": bench,
+        "seed": seed,
+        "label": label,
+    }
 
 
 def _describe_exit(code: int | None) -> str:
@@ -133,8 +153,6 @@ def _serve(
                 from study.measure.env import fingerprint
 
                 reply = {"status": "ok", "env": fingerprint(device)}
-            elif kind == "ping":
-                reply = {"status": "ok", "pid": os.getpid()}
             else:
                 reply = {"status": "error", "error": f"unknown request {kind!r}"}
         except BaseException as exc:  # a candidate may raise anything, SystemExit included

@@ -2,9 +2,10 @@
 
 Each figure is written twice: a PNG (matplotlib, Agg backend, for report.md and plain viewers) and
 an interactive plotly figure in `plots.html` (one file, plotly.js inlined once, works offline).
-Every point is a measured trial of the study (COMPLETE and `measured`); copies of an earlier
-verdict are left out so that no measurement counts twice. A figure that cannot be drawn (too few
-trials, one variant, importance undefined) is skipped with a one-line reason, never faked.
+Every point is a measured trial of the study (`report.measured`: COMPLETE and `measured`);
+copies of an earlier verdict are left out so that no measurement counts twice. A figure that
+cannot be drawn (too few trials, one variant, importance undefined) is skipped with a one-line
+reason, never faked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
+
+from study.results.report import measured
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +25,6 @@ BEST_PNG = "best_so_far.png"
 VARIANT_PNG = "latency_by_variant.png"
 IMPORTANCE_PNG = "param_importance.png"
 HTML = "plots.html"
-
-
-def measured(study: optuna.Study) -> list[FrozenTrial]:
-    """Measured COMPLETE trials in trial order."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("measured", True) and t.value is not None
-    ]
 
 
 def _pyplot():

@@ -1,22 +1,20 @@
-"""What a study found: the top-k table, the re-timing verdict, and the run folder's files.
+"""What a study found: the top-k table, flags, the re-timing verdict, and the run folder's files.
 
-Also report.md (`markdown_report`), the dashboard note (`note_markdown`), which backend SDPA's
-default dispatch picked (`sdpa_default_pick`, by torch profiler) and the reproduce command.
-Every figure written here comes from a trial or a re-timing of this study; nothing is typed in.
+Also report.md (`markdown_report`), the dashboard note (`note_markdown`) and the reproduce
+command; which backend SDPA's default dispatch picked is study/results/dispatch.py. Every figure
+written here comes from a trial or a re-timing of this study; nothing is typed in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from study.results.dispatch import closest_by_timing
 
 SUSPICIOUS_SPEEDUP = 10.0
 
@@ -28,14 +26,23 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return result
 
 
-def measured_complete(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials that were measured (not copies of an earlier verdict), best first."""
-    trials = [
+def measured(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that this study measured, in trial order.
+
+    `measured` must be true: a copy of an earlier verdict has it false, and a trial without it
+    was not measured by study/objective.py at all (a replay study's table lookups share the
+    storage; a trial added by hand): neither is quoted, exported or plotted.
+    """
+    return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("measured") and t.value is not None
     ]
-    return sorted(trials, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+
+
+def measured_complete(study: optuna.Study) -> list[FrozenTrial]:
+    """The measured COMPLETE trials, best (lowest latency) first."""
+    return sorted(measured(study), key=lambda t: t.value)  # type: ignore[arg-type, return-value]
 
 
 def row_of(trial: FrozenTrial) -> dict[str, Any]:
@@ -105,21 +112,32 @@ def table(rows: list[dict[str, Any]], retimed: dict[int, dict[str, Any]] | None 
     return "\n".join(lines)
 
 
-def flags(rows: list[dict[str, Any]], roofline_tflops: float | None) -> list[str]:
+def flags(rows: list[dict[str, Any]]) -> list[str]:
     """Results that deserve suspicion before anyone quotes them."""
-    notes = []
-    for row in rows:
-        if row["speedup"] and row["speedup"] > SUSPICIOUS_SPEEDUP:
-            notes.append(
-                f"trial {row['trial']}: speedup {row['speedup']:.1f}x over SDPA is above "
-                f"{SUSPICIOUS_SPEEDUP:.0f}x: check it by hand before quoting it"
-            )
-        if roofline_tflops and row["tflops"] and row["tflops"] > roofline_tflops:
-            notes.append(
-                f"trial {row['trial']}: {row['tflops']:.0f} TFLOP/s is above the device's "
-                f"peak of {roofline_tflops:.0f}: impossible, the timing is wrong"
-            )
-    return notes
+    return [
+        f"trial {row['trial']}: speedup {row['speedup']:.1f}x over SDPA is above "
+        f"{SUSPICIOUS_SPEEDUP:.0f}x: check it by hand before quoting it"
+        for row in rows
+        if row["speedup"] and row["speedup"] > SUSPICIOUS_SPEEDUP
+    ]
+
+
+def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]) -> str:
+    """Did the best candidates keep their order when timed again in a fresh process?"""
+    timed = [(r["trial"], again[r["trial"]]) for r in rows if r["trial"] in again]
+    if not timed:
+        return "re-timing: not run"
+    failed = [t for t, res in timed if res.get("status") != "ok"]
+    if failed:
+        return f"re-timing: trials {failed} did not pass again in a fresh worker: do not trust them"
+    order = [t for t, _ in sorted(timed, key=lambda item: item[1]["latency_us"])]
+    first = [t for t, _ in timed]
+    if order == first:
+        return f"re-timing: the ranking of the top {len(timed)} held in a fresh worker"
+    return (
+        f"re-timing: the ranking changed in a fresh worker (was {first}, now {order}); "
+        "the top candidates are within noise of each other"
+    )
 
 
 def write_run_folder(
@@ -129,142 +147,6 @@ def write_run_folder(
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(markdown)
     (run_dir / "config.yaml").write_text(config_yaml)
-
-
-# -- which backend SDPA's default dispatch picked ----------------------------------------------
-# The ATen op the dispatcher called names the backend, on the CPU and on a GPU alike; on a GPU
-# the device kernels it launched are recorded beside it (their names change between releases).
-SDPA_OPS = {
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash",
-    "aten::_scaled_dot_product_flash_attention": "flash",
-    "aten::_scaled_dot_product_efficient_attention": "efficient",
-    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
-    "aten::_scaled_dot_product_attention_math": "math",
-    "aten::_scaled_dot_product_attention_math_for_mps": "math",
-    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
-}
-# Checked in order: cuDNN's fused kernels contain "flash" in their names too.
-KERNEL_HINTS = (
-    ("cudnn", "cudnn"),
-    ("sdpa", "cudnn"),
-    ("pytorch_flash", "flash"),
-    ("flash_fwd", "flash"),
-    ("memeff", "efficient"),
-    ("fmha_cutlass", "efficient"),
-    ("attentionkernel", "efficient"),
-)
-
-
-def backend_from_kernels(kernel_names: list[str]) -> str | None:
-    for name in kernel_names:
-        low = name.lower()
-        for hint, backend in KERNEL_HINTS:
-            if hint in low:
-                return backend
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_fds() -> Iterator[None]:
-    """Silence this process's stdout/stderr file descriptors (the profiler's C++ chatter)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
-def profile_default_sdpa(problem_dict: dict[str, Any]) -> dict[str, Any]:
-    """Run SDPA's default dispatch under torch.profiler on the problem's device."""
-    with _quiet_fds():
-        return _profile_default_sdpa(problem_dict)
-
-
-def _profile_default_sdpa(problem_dict: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from kernels import Problem
-    from kernels.builtin.sdpa import sdpa_call
-
-    problem = Problem.from_dict(problem_dict)
-    if problem.is_cuda:
-        torch.cuda.set_device(torch.device(problem.device))
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q = torch.randn(problem.q_shape(), generator=gen, dtype=torch.float32)
-    k = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
-    v = torch.randn(problem.kv_shape(), generator=gen, dtype=torch.float32)
-    q, k, v = (t.to(device=problem.device, dtype=problem.dtype) for t in (q, k, v))
-    for _ in range(2):  # warm-up: lazy initialisation must not show in the profile
-        sdpa_call(problem, q, k, v)
-    activities = [ProfilerActivity.CPU]
-    if problem.is_cuda:
-        torch.cuda.synchronize()
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        sdpa_call(problem, q, k, v)
-        if problem.is_cuda:
-            torch.cuda.synchronize()
-    ops, kernels_seen = [], []
-    for event in prof.key_averages():
-        if event.key in SDPA_OPS:
-            ops.append(event.key)
-        elif problem.is_cuda and str(event.device_type).endswith("CUDA"):
-            device_us = getattr(event, "device_time_total", None)
-            if device_us is None:
-                device_us = getattr(event, "cuda_time_total", 0.0)
-            kernels_seen.append((float(device_us or 0.0), event.key))
-    kernels_seen.sort(reverse=True)
-    kernel_names = [name for _, name in kernels_seen[:5]]
-    backend = SDPA_OPS[ops[0]] if ops else backend_from_kernels(kernel_names)
-    return {
-        "backend": backend,
-        "ops": ops,
-        "kernels": kernel_names,
-        "torch": torch.__version__,
-    }
-
-
-def sdpa_default_pick(problem: Any, timeout_s: float = 300.0) -> dict[str, Any]:
-    """Which backend the default dispatch picked, by profiler.
-
-    On the CPU in this process (the dispatch depends on the problem only, and a fresh process
-    costs seconds); on a GPU in a fresh spawned process, so that this one never holds a CUDA
-    context.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    try:
-        if not problem.is_cuda:
-            return profile_default_sdpa(problem.to_dict())
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            return pool.submit(profile_default_sdpa, problem.to_dict()).result(timeout=timeout_s)
-    except Exception as exc:
-        return {"backend": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-
-
-def closest_by_timing(panel: list[dict[str, Any]]) -> str | None:
-    """The explicit backend whose latency is nearest the default's in the same panel rows."""
-    import math
-
-    timed = [
-        r
-        for r in panel
-        if r.get("status") == "ok" and r.get("speedup") and r["variant"].startswith("sdpa_")
-    ]
-    if not timed:
-        return None
-    best = min(timed, key=lambda r: abs(math.log(r["speedup"])))
-    return best["variant"].removeprefix("sdpa_")
 
 
 # -- report.md ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.results import plots, report
+from study.results import dispatch, plots, report
 from tests.conftest import TINY, chunk_plugin, run_study
 
 PLUGIN = chunk_plugin("my_chunk") + textwrap.dedent("""
@@ -174,7 +174,7 @@ def test_reproduce_overrides_pin_params_and_drop_conflicts():
     ],
 )
 def test_gpu_kernel_names_map_to_backends(kernels_seen, backend):
-    assert report.backend_from_kernels(kernels_seen) == backend
+    assert dispatch.backend_from_kernels(kernels_seen) == backend
 
 
 def test_plots_skip_what_cannot_be_drawn(tmp_path):

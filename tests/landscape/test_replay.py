@@ -13,11 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study import replay
+from study import landscape, replay
+from study.search import make_sampler
 from study.search.callbacks import Patience
-from study.search.samplers import make_sampler
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 # 8 rows: 6 correct (optimum 50 us, row 4), 2 failed; `chunked.chunk` is inert for plain/sdpa.
 TINY = """variant,chunked.chunk,mut.layout,latency_us,status
@@ -51,12 +51,12 @@ def tiny(tmp_path: Path) -> Path:
 
 
 def test_space_is_inferred_from_the_table(tiny: Path) -> None:
-    table = replay.load_table(tiny)
+    table = landscape.load_table(tiny)
     assert table.columns == ["variant", "chunked.chunk", "mut.layout"]
     assert table.values["variant"] == ["chunked", "plain", "sdpa"]
     assert table.values["chunked.chunk"] == [64, 128]  # numeric order, not text order
     assert table.size == 8 and table.optimum == 50.0
-    space = replay.ReplaySpace(table)
+    space = landscape.ReplaySpace(table)
     dists = space.distributions()
     assert {n: (d.low, d.high) for n, d in dists.items()} == {
         "variant": (0, 2),
@@ -71,8 +71,8 @@ def test_space_is_inferred_from_the_table(tiny: Path) -> None:
 
 
 def test_grid_visits_every_row_once_with_exact_states(tiny: Path) -> None:
-    table = replay.load_table(tiny)
-    result = replay.run_study(table, "grid", seed=3)
+    table = landscape.load_table(tiny)
+    result = landscape.run_study(table, "grid", seed=3)
     trials = result.study.trials
     assert len(trials) == 8 and result.trials == 8
     rows = [t.user_attrs["row"] for t in trials]
@@ -92,11 +92,11 @@ def test_grid_visits_every_row_once_with_exact_states(tiny: Path) -> None:
 
 
 def test_budget_counts_distinct_rows_not_trials(tiny: Path) -> None:
-    table = replay.load_table(tiny)
-    result = replay.run_study(table, "grid", seed=0, budget=3)
+    table = landscape.load_table(tiny)
+    result = landscape.run_study(table, "grid", seed=0, budget=3)
     assert len(result.study.trials) == 3 and len(result.trace) == 3
     # a sampler that repeats configurations: trials go on, evaluations count distinct rows only
-    result = replay.run_study(table, "nsga2", seed=0, budget=5, max_trials=400)
+    result = landscape.run_study(table, "nsga2", seed=0, budget=5, max_trials=400)
     measured = [t for t in result.study.trials if t.user_attrs.get("measured")]
     distinct = {t.user_attrs["row"] for t in result.study.trials if "row" in t.user_attrs}
     assert len(measured) == len(distinct) == len(result.trace) == 5
@@ -109,10 +109,10 @@ def test_budget_counts_distinct_rows_not_trials(tiny: Path) -> None:
 def test_a_point_missing_from_the_table_is_pruned_and_costs_nothing(tmp_path: Path) -> None:
     path = tmp_path / "hole.csv"
     path.write_text(HOLE)
-    table = replay.load_table(path)
-    space = replay.ReplaySpace(table)
+    table = landscape.load_table(path)
+    space = landscape.ReplaySpace(table)
     study = optuna.create_study(sampler=optuna.samplers.GridSampler({"a": [1], "b": [1]}))
-    objective = replay.ReplayObjective(space)
+    objective = landscape.ReplayObjective(space)
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
@@ -122,8 +122,8 @@ def test_a_point_missing_from_the_table_is_pruned_and_costs_nothing(tmp_path: Pa
 
 @pytest.mark.parametrize("name", ["cmaes", "catcma", "ga", "ga_plain", "tpe", "random"])
 def test_samplers_never_spend_a_trial_on_a_known_row(tiny: Path, name: str) -> None:
-    table = replay.load_table(tiny)
-    result = replay.run_study(table, name, seed=5)
+    table = landscape.load_table(tiny)
+    result = landscape.run_study(table, name, seed=5)
     trials = result.study.trials
     assert len(trials) == 8 == len(result.trace)  # every row exactly once, then the study stops
     assert sorted(t.user_attrs["row"] for t in trials) == list(range(8))
@@ -145,8 +145,8 @@ def test_patience_stops_after_exactly_n_non_improving_trials() -> None:
 
 
 def test_patience_in_replay_matches_the_grid_order(tiny: Path) -> None:
-    table = replay.load_table(tiny)
-    space = replay.ReplaySpace(table)
+    table = landscape.load_table(tiny)
+    space = landscape.ReplaySpace(table)
     order = make_sampler({"name": "grid"}, space, 11)._order  # the grid's visiting order
     latencies = [table.latency[space.lookup(e)] for e in order]
     best, since, expected = math.inf, 0, len(latencies)
@@ -158,20 +158,20 @@ def test_patience_in_replay_matches_the_grid_order(tiny: Path) -> None:
             if since == 2:
                 expected = i + 1
                 break
-    result = replay.run_study(table, "grid", seed=11, patience=2)
+    result = landscape.run_study(table, "grid", seed=11, patience=2)
     assert len(result.study.trials) == expected
 
 
 def test_expected_random_best_is_exact(tiny: Path) -> None:
-    table = replay.load_table(tiny)
+    table = landscape.load_table(tiny)
     worst = table.worst
     values = [worst if math.isnan(v) else v for v in table.latency]
     for k in (1, 2, 4, 8):
         combos = list(itertools.combinations(values, k))
         brute = sum(min(c) for c in combos) / len(combos)
-        assert replay.expected_random_best(table.latency, k) == pytest.approx(brute, rel=1e-12)
-    assert replay.score(50.0, 70.0, 50.0) == 1.0
-    assert replay.score(70.0, 70.0, 50.0) == 0.0
+        assert landscape.expected_random_best(table.latency, k) == pytest.approx(brute, rel=1e-12)
+    assert landscape.score(50.0, 70.0, 50.0) == 1.0
+    assert landscape.score(70.0, 70.0, 50.0) == 0.0
 
 
 def test_compare_reports_and_plots(
@@ -240,12 +240,12 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_ambiguous_and_duplicate_tables_are_refused(tmp_path: Path) -> None:
     dup = tmp_path / "dup.csv"
     dup.write_text("a,latency_us\n1,5\n1,6\n")
-    with pytest.raises(replay.ReplayError, match="same configuration"):
-        replay.ReplaySpace(replay.load_table(dup))
+    with pytest.raises(landscape.ReplayError, match="same configuration"):
+        landscape.ReplaySpace(landscape.load_table(dup))
     amb = tmp_path / "amb.csv"
     amb.write_text("a,b,latency_us\n1,,5\n1,0,6\n")
-    with pytest.raises(replay.ReplayError, match="ambiguous"):
-        replay.ReplaySpace(replay.load_table(amb))
+    with pytest.raises(landscape.ReplayError, match="ambiguous"):
+        landscape.ReplaySpace(landscape.load_table(amb))
 
 
 def test_synthetic_landscapes_are_valid_tables(tmp_path: Path) -> None:
@@ -259,8 +259,8 @@ def test_synthetic_landscapes_are_valid_tables(tmp_path: Path) -> None:
     paths = synth.write_landscapes(4, tmp_path)
     assert len(paths) == 4
     for path in paths:
-        table = replay.load_table(path)
-        space = replay.ReplaySpace(table)  # refuses duplicate or ambiguous rows
+        table = landscape.load_table(path)
+        space = landscape.ReplaySpace(table)  # refuses duplicate or ambiguous rows
         assert synth.MIN_ROWS <= table.size <= synth.MAX_ROWS
         assert len(space.candidates()) == table.size
         assert 0 < np.isnan(table.latency).sum() < table.size

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import ROOT, TINY, load_only_study, run_study
 
-FAULTS = Path(__file__).resolve().parent / "hostile" / "_faults.py"
+FAULTS = Path(__file__).resolve().parent.parent / "hostile" / "_faults.py"
 ONE = ["space.mutations.layout=[bhsd]", "space.mutations.threads=[0]", "sampler=grid"]
 
 

@@ -27,7 +27,7 @@ from kernels import Problem, reference_attention  # noqa: E402
 from kernels.builtin.triton_flash import _bf16_nearest  # noqa: E402
 from study.measure.gate import ATOL, plain_error  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 
 

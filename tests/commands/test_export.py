@@ -18,7 +18,7 @@ from kernels import reference_attention, tuned
 from study import export
 from study.results import report
 from tests.conftest import ROOT, TINY, chunk_plugin, run_study
-from tests.test_report import finished_study  # noqa: F401 - the shared session fixture
+from tests.results.test_report import finished_study  # noqa: F401 - the shared session fixture
 
 # TINY without its seq_q, which the sweep sets.
 TINY_SWEEP = [o for o in TINY if not o.startswith("problem.seq_q=")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from study import replay
+from study import landscape
 from tests.conftest import TINY, run_study
 
 # plain, chunked(16), chunked(32) on one layout and thread count: three candidates.
@@ -44,9 +44,9 @@ def test_record_two_rounds_then_replay_finds_the_recorded_optimum(tmp_path: Path
     assert not out.with_suffix(".csv.partial").exists()
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    table = replay.load_table(out)
+    table = landscape.load_table(out)
     assert {"variant", "chunked.chunk"} <= set(table.columns) and table.size == 3
-    result = replay.run_study(table, "grid", seed=0)
+    result = landscape.run_study(table, "grid", seed=0)
     assert [t.state for t in result.study.trials] == [TrialState.COMPLETE] * 3
     assert result.study.best_value == min(float(r["latency_us"]) for r in rows)
 

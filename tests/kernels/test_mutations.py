@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import Problem
+from kernels import Problem, _cudart
 from kernels import mutations as mut
 from study.space import Candidate, build_space
 
@@ -205,7 +205,7 @@ def test_l2_places_k_and_v_in_one_allocation(layout: str) -> None:
     assert v.data_ptr() == k.data_ptr() + nbytes  # adjacent: one window covers both
     assert k.stride() == original[1].stride() and v.stride() == original[2].stride()
     assert torch.equal(k, original[1]) and torch.equal(v, original[2])
-    assert mut.kv_span(k, v) == (k.data_ptr(), 2 * nbytes)
+    assert _cudart.kv_span(k, v) == (k.data_ptr(), 2 * nbytes)
 
 
 def test_graph_and_l2_need_cuda() -> None:
@@ -251,11 +251,11 @@ def test_graph_captures_once_per_buffer_set_and_replays() -> None:
 @pytest.mark.gpu
 def test_l2_window_is_set_during_the_call_and_restored() -> None:
     pytest.importorskip("cuda.bindings.runtime")
-    limit_before = mut.persisting_limit()
+    limit_before = _cudart.persisting_limit()
     seen = []
 
     def probe(q, k, v):  # noqa: ANN001, ANN202
-        seen.append((mut.stream_window(), mut.persisting_limit()))
+        seen.append((_cudart.stream_window(), _cudart.persisting_limit()))
         return kernels.plain_attention(q, k, v, GPU.causal, GPU.scale)
 
     applied = mut.Applied({"l2": "kv"}, GPU)
@@ -265,10 +265,10 @@ def test_l2_window_is_set_during_the_call_and_restored() -> None:
     (base, nbytes), limit = seen[0]
     assert base == k.data_ptr() and nbytes == min(2 * k.numel() * 2, run.max_window)
     assert limit >= min(run.max_persist, 2 * GPU.min_bytes()) and limit > 0
-    assert mut.stream_window()[1] == 0  # cleared after the call
+    assert _cudart.stream_window()[1] == 0  # cleared after the call
     del run
     gc.collect()
-    assert mut.persisting_limit() == limit_before  # restored when the candidate is freed
+    assert _cudart.persisting_limit() == limit_before  # restored when the candidate is freed
     seen.clear()
     mut.Applied({"l2": "off"}, GPU).wrap(probe)(q, k, v)
     assert seen[0][0][1] == 0  # toggled off: no window

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import TINY, load_only_study, run_study
 
-HOSTILE = Path(__file__).resolve().parent / "hostile"
+HOSTILE = Path(__file__).resolve().parent.parent / "hostile"
 
 # variant -> the rejected_by it must end with (PRUNED)
 EXPECTED = {

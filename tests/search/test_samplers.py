@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 import kernels
-from study.search.samplers import dimension_values, is_categorical, make_sampler
+from study.search import make_sampler
+from study.search.dimensions import dimension_values, is_categorical
 from study.space import build_space
 
 NAMES = ["cmaes", "catcma", "ga", "ga_plain", "tpe", "random"]

@@ -17,8 +17,9 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from study import dashboard
+from study.results import publish
 from tests.conftest import ROOT
-from tests.test_report import finished_study  # noqa: F401 - the shared session fixture
+from tests.results.test_report import finished_study  # noqa: F401 - the shared session fixture
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -37,7 +38,7 @@ def attrs_of(trial: dict) -> dict:
 
 
 def test_api_serves_our_attrs_note_and_logs(finished_study):  # noqa: F811
-    app = dashboard.app(finished_study.url, dashboard.artifacts_dir_for(finished_study.url))
+    app = dashboard.app(finished_study.url, publish.artifacts_dir_for(finished_study.url))
     status, body = wsgi_get(app, "/api/studies")
     assert status.startswith("200")
     (summary,) = json.loads(body)["study_summaries"]

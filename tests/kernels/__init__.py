@@ -1,0 +1,1 @@
+"""Tests of the kernels library: variants, mutations, reference, compiled, Triton."""

@@ -1,0 +1,1 @@
+"""Tests of recorded landscapes: the table format, study.record and study.replay."""

@@ -1,0 +1,1 @@
+"""Tests of study/measure: the gate, the guard, paired timing, hostile candidates and faults."""

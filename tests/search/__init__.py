@@ -1,0 +1,1 @@
+"""Tests of the search: samplers, the ledger they share, the surrogate."""
