@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_GPU = torch.cuda.is_available()
+GPU_SKIP = "needs a CUDA GPU; none is visible"
 
 # A CPU problem small enough that a study of a few trials takes seconds.
 TINY = [
@@ -31,10 +32,31 @@ TINY = [
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_GPU:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
+    skip = pytest.mark.skip(reason=GPU_SKIP)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming every test skipped for a missing real component (a browser, a database
+    server, ...) and how to enable it: such a skip must not pass silently as a green run. GPU
+    skips are expected on a CPU machine and only counted."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing, gpu = [], 0
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason == GPU_SKIP:
+            gpu += 1
+        else:
+            missing.append(f"{report.nodeid} ({reason})")
+    if missing:
+        terminalreporter.write_line(
+            f"skipped real-component tests ({len(missing)}): " + "; ".join(missing)
+        )
+    if gpu:
+        terminalreporter.write_line(f"skipped GPU tests: {gpu} (no CUDA GPU visible)")
 
 
 def chunk_plugin(name: str) -> str:
