@@ -9,30 +9,26 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
+
+from study.search.dimensions import FlatSpaceSampler
 
 GRID_KEY = "grid_key"  # system attr: the candidate a running grid trial claimed
 
 
-class CandidateGridSampler(BaseSampler):
+class CandidateGridSampler(FlatSpaceSampler):
     """Exhaustive search over distinct effective candidates, in a seeded random order."""
 
     def __init__(self, space: Any, seed: int | None = None) -> None:
+        super().__init__(space, seed)
         self._space = space
         self._order = [space.encode(c) for c in space.candidates()]
         random.Random(seed).shuffle(self._order)
         self._keys = [space.decode(e).key() for e in self._order]
-        self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     @property
     def size(self) -> int:
         return len(self._order)
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return dict(self._space.distributions())
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -54,15 +50,6 @@ class CandidateGridSampler(BaseSampler):
         # Optuna has no public way for a sampler to annotate the trial it samples for
         study._storage.set_trial_system_attr(trial._trial_id, GRID_KEY, key)
         return dict(chosen)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
 
 def make_grid(sampler_cfg: Mapping[str, Any], space: Any, seed: int) -> CandidateGridSampler:

@@ -20,34 +20,20 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from study.search.dimensions import FlatSpaceSampler
 from study.search.ledger import Ledger
 
 TPE_ASKS = 4  # proposals of a wrapped sampler (TPE) tried before an unmeasured one is drawn
 
 
-class DedupSampler(BaseSampler):
+class DedupSampler(FlatSpaceSampler):
     """Wraps a relative Optuna sampler (TPE) or none (uniform): asks again on a known proposal."""
 
     def __init__(self, space: Any, seed: int, inner: BaseSampler | None) -> None:
-        self._dists = dict(space.distributions())
+        super().__init__(space, seed)
         self._inner = inner
         self._ledger = Ledger(space, seed)
-        self._fallback = optuna.samplers.RandomSampler(seed=seed)
         self._lock = threading.RLock()
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return dict(self._dists)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

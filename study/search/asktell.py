@@ -22,9 +22,9 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from study.search.dimensions import FlatSpaceSampler
 from study.search.ledger import Ledger
 
 FREE_GENERATIONS = 2  # generations of known proposals told for free before a restart
@@ -42,7 +42,7 @@ class Optimizer:
         raise NotImplementedError
 
 
-class KnownAwareSampler(BaseSampler):
+class KnownAwareSampler(FlatSpaceSampler):
     """Runs an ask/tell optimiser; never hands a trial a configuration with a known result."""
 
     def __init__(
@@ -53,7 +53,7 @@ class KnownAwareSampler(BaseSampler):
         ledger: Ledger | None = None,
     ) -> None:
         """ledger: shared with whatever else proposes for this sampler (the GA's screen)."""
-        self._dists = dict(space.distributions())
+        super().__init__(space, seed)
         self._seed = seed
         self._make = make_optimizer
         self._restarts = 0
@@ -61,23 +61,8 @@ class KnownAwareSampler(BaseSampler):
         self._lock = threading.RLock()
         self._ledger = ledger if ledger is not None else Ledger(space, seed)
         self._batch: list[tuple[Any, float | None]] = []
-        self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     # Optuna interface
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return dict(self._dists)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
-
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:

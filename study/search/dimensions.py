@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial
+
 
 def dimension_sizes(space: Any) -> dict[str, int]:
     """Number of indices of each dimension."""
@@ -41,3 +46,27 @@ def encoding_key(space: Any, encoded: dict[str, int]) -> tuple[str, bool]:
     """(key of the effective candidate, whether it is valid)."""
     candidate = space.decode(encoded)
     return candidate.key(), space.invalid_reason(candidate) is None
+
+
+class FlatSpaceSampler(BaseSampler):
+    """The part every sampler here shares: the whole flat space is one relative search space
+    (every trial suggests every dimension), and a dimension the relative proposal lacks falls
+    back to a seeded uniform draw."""
+
+    def __init__(self, space: Any, seed: int | None) -> None:
+        self._dists = dict(space.distributions())
+        self._fallback = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._dists)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
