@@ -17,6 +17,8 @@ otherwise the fastest entry measured on the same device type (cpu or cuda), with
 it was tuned elsewhere (correct there, maybe not the fastest here). Plugin variants: the table
 stores the plugin file's path, imported on first use.
 
+In a Hugging Face transformers model: `register_transformers(table, name)` (kernels/hf.py).
+
 Table format (JSON):
     {"format": "kernel-study/tuned", "version": 1,
      "entries": {<signature>: {<device slug>: {"variant", "spec", "plugin", "device_type",
@@ -234,3 +236,16 @@ def load(path: str | Path) -> TunedAttention:
     """Read a tuning table written by `python -m study.export`."""
     file = Path(path)
     return TunedAttention(json.loads(file.read_text()), str(file))
+
+
+def register_transformers(table: str | Path | TunedAttention, name: str = "kernel_study") -> Any:
+    """Register the table as a Hugging Face transformers attention implementation `name`.
+
+    `AutoModelForCausalLM.from_config(cfg, attn_implementation=name)` then runs the winners for
+    the table's signatures and transformers' SDPA path for every other call. Returns the backend
+    (kernels/hf.py): `print(backend.summary())` shows the calls per path. Needs transformers
+    (`pip install 'kernel-study[hf]'`), imported only here.
+    """
+    from kernels import hf
+
+    return hf.register(table, name)
