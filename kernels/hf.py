@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
-
-from kernels.tuned import TunedAttention, load, signature_of
 
 DEFAULT_NAME = "kernel_study"
 TUNED = "tuned"
@@ -103,7 +100,8 @@ class TransformersBackend:
     `tuned_calls` and `sdpa_calls` sum them; `summary()` is the table a user prints.
     """
 
-    def __init__(self, attn: TunedAttention, name: str, sdpa_forward: Any) -> None:
+    def __init__(self, attn: Any, name: str, sdpa_forward: Any) -> None:
+        """`attn`: a `kernels.tuned.TunedAttention` (not imported here: tuned imports this)."""
         self.attn = attn
         self.name = name
         self.sdpa_forward = sdpa_forward
@@ -194,7 +192,7 @@ class TransformersBackend:
         run = None
         if problem is not None:
             k, v, causal = problem
-            signature = signature_of(query, k, v, causal, scaling)
+            signature = self.attn.signature(query, k, v, causal, scaling)
             if signature is None:
                 why = "tensors that are no attention problem of the table"
             elif self.attn.entry_for(signature, query.device)[0] is None:
@@ -225,10 +223,10 @@ class TransformersBackend:
         return out.transpose(1, 2).clone(memory_format=torch.contiguous_format), None
 
 
-def register(table: str | Path | TunedAttention, name: str = DEFAULT_NAME) -> TransformersBackend:
-    """Register the table's winners as transformers attention `name`; returns the backend."""
+def register(attn: Any, name: str = DEFAULT_NAME) -> TransformersBackend:
+    """Register a loaded table's winners (`kernels.tuned.load(...)`) as transformers attention
+    `name`; returns the backend. `kernels.tuned.register_transformers` takes a path too."""
     attention, masks, sdpa_mask, sdpa_forward = _import_transformers()
-    attn = table if isinstance(table, TunedAttention) else load(table)
     backend = TransformersBackend(attn, name, sdpa_forward)
     attention.register(name, backend)
     masks.register(name, sdpa_mask)

@@ -92,6 +92,13 @@ class TunedAttention:
         self._slugs: dict[str, str] = {}
 
     # -- lookup -----------------------------------------------------------------------------
+    @staticmethod
+    def signature(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None
+    ) -> str | None:
+        """The table key of a call (`signature_of`), for callers that hold only the object."""
+        return signature_of(q, k, v, is_causal, scale)
+
     def _slug(self, device: torch.device) -> str:
         key = str(device)
         if key not in self._slugs:
@@ -248,4 +255,4 @@ def register_transformers(table: str | Path | TunedAttention, name: str = "kerne
     """
     from kernels import hf
 
-    return hf.register(table, name)
+    return hf.register(table if isinstance(table, TunedAttention) else load(table), name)

@@ -146,9 +146,15 @@ def make_log_dir(stem: str, root: Path = Path("outputs/evaluate")) -> Path:
     return log_dir
 
 
+def plugin_override(path: Path) -> str:
+    """`space.plugins=['PATH']`, quoted for Hydra's grammar (a path may hold `,`, `=`, spaces)."""
+    quoted = str(path).replace("\\", "\\\\").replace("'", "\\'")
+    return f"space.plugins=['{quoted}']"
+
+
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """(paths, key=value arguments)."""
-    paths = [a for a in args if "=" not in a and not a.startswith("-")]
+    """(paths, key=value arguments): a path is an argument without `=`, or an existing one."""
+    paths = [a for a in args if not a.startswith("-") and ("=" not in a or Path(a).exists())]
     return paths, [a for a in args if a not in paths]
 
 
@@ -156,7 +162,7 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
     """Judge one file (or the built-in `variant=`): the JSON object (no exit status)."""
     own, overrides = cli.options(args, KEYS, USAGE, overrides=True, prefixes=PREFIXES)
     try:  # a mistake in the config is the user's (exit 2); a plugin that will not import, not
-        s = cli.setup([*overrides, f"space.plugins=[{path}]"] if path else overrides)
+        s = cli.setup([*overrides, plugin_override(path)] if path else overrides)
         names = kernels.load_plugin(path) if path else []
     except PluginError as exc:
         _, device = load(overrides)

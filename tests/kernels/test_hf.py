@@ -141,6 +141,21 @@ def test_generate_runs_the_winners_and_matches_sdpa(models, fresh_seed):
     assert not transformers.utils.import_utils.is_kernels_available()
 
 
+def test_from_pretrained_takes_the_backend_too(models, tmp_path, fresh_seed):
+    backend, _, ref, _ = models
+    ref.save_pretrained(tmp_path / "tiny")  # a local checkpoint: no download
+    loaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "tiny", attn_implementation="kernel_study_test"
+    ).eval()
+    gen = torch.Generator().manual_seed(fresh_seed)
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, PROMPT), generator=gen)
+    backend.reset()
+    with torch.no_grad():
+        got, want = loaded(ids).logits, ref(ids).logits
+    assert backend.tuned_calls == LAYERS and backend.sdpa_calls == 0, backend.summary()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_a_padded_prompt_runs_transformers_sdpa_path_exactly(models, fresh_seed):
     backend, ours, ref, _ = models
     backend.reset()
