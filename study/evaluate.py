@@ -36,10 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import kernels
 from kernels import PluginError
+from kernels import mutations as mut
 from study import cli
 from study.config import load
 from study.errors import UserError, one_line
@@ -79,9 +78,11 @@ def speedup_interval(result: dict[str, Any]) -> tuple[list[float] | None, str]:
     """([low, high], where it came from) for an `ok` result.
 
     The worker's own interval (`speedup_ci`) where it reports one; otherwise a normal
-    approximation from what every result has: the standard error of each median taken as
-    1.2533 * (IQR / 1.349) / sqrt(reps), combined on the log of the ratio of the medians, as if
-    the two sides were independent (pairing only narrows it, so this errs wide).
+    approximation on the log scale from what every result has: each side's log latency spread
+    taken as log1p(IQR / median) / 1.349 (the IQR of a normal is 1.349 sigma; log1p keeps a
+    heavy upper tail from giving a negative latency), the standard error of its median as
+    1.2533 * spread / sqrt(reps), and the two combined as if independent (pairing only
+    narrows it, so this errs wide).
     """
     given = result.get("speedup_ci")
     if isinstance(given, dict):
@@ -95,12 +96,13 @@ def speedup_interval(result: dict[str, Any]) -> tuple[list[float] | None, str]:
             (result["latency_us"], result["latency_iqr_us"]),
             (result["baseline_latency_us"], result["baseline_latency_iqr_us"]),
         ):
-            spread += (1.2533 * float(iqr) / 1.349 / math.sqrt(reps) / float(median)) ** 2
+            sigma = math.log1p(float(iqr) / float(median)) / 1.349
+            spread += (1.2533 * sigma / math.sqrt(reps)) ** 2
         speedup = float(result["speedup"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None, "none"
     half = Z95 * math.sqrt(spread)
-    return [speedup * math.exp(-half), speedup * math.exp(half)], "median IQRs, normal approx."
+    return [speedup * math.exp(-half), speedup * math.exp(half)], "median IQRs (log-normal approx.)"
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
@@ -128,11 +130,20 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """`params.chunk=64` -> 64: YAML scalars (ints, floats, true/false, null, strings)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """`params.chunk=64` -> 64: an int, a float, true/false, null/None, else the string as
+    written (`on` and `off` stay strings: mutation values, not YAML 1.1 booleans)."""
+    text = text.strip().strip("'\"")
+    lowered = text.lower()
+    if lowered in ("null", "none"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def make_log_dir(stem: str, root: Path = Path("outputs/evaluate")) -> Path:
@@ -199,6 +210,11 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
     unknown = set(params) - {p for n in names for p in registry[n].params}
     if unknown:
         raise UserError(f"params.{sorted(unknown)[0]}: no judged variant has that parameter")
+    for name, value in muts.items():
+        try:
+            mut.make(name, [value])
+        except KeyError as exc:
+            raise UserError(f"mutations.{name}={value}: {exc.args[0]}") from None
     seed = trial_seed(int(s.cfg.seed), 0)
     log_dir = make_log_dir(path.stem if path else names[0])
     worker = Worker(
@@ -235,11 +251,23 @@ def judge_variant(
     reason = answers["answers"].get(name)
     if reason:
         return {"variant": name, "status": "unsupported", "state": None, "error": reason}
+    for mutation, value in muts.items():  # a choice a study leaves out before it starts
+        made = mut.make(mutation, [value])
+        reason = made.supports(s.problem, value) or made.applies(variant, value)
+        if reason:
+            return {"variant": name, "status": "unsupported", "state": None, "error": reason}
     chosen = representative_params(variant, s.problem) or {}
     chosen.update({k: v for k, v in params.items() if k in variant.params})
     candidate = Candidate(name, chosen, dict(muts))
     head = {"variant": name, "label": candidate.label(), "spec": candidate.to_dict()}
-    invalid = variant.valid(s.problem, chosen)
+    try:
+        invalid = variant.valid(s.problem, chosen)
+    except Exception as exc:  # the candidate's own valid() raised
+        return head | {
+            "status": "failed",
+            "state": "FAIL",
+            "error": f"valid(): {one_line(exc, typed=True)}",
+        }
     if invalid:
         return head | {
             "status": "rejected",
@@ -284,18 +312,14 @@ def judge_folder(folder: Path, args: list[str]) -> int:
         if done.returncode in (0, 1) and lines:
             print(lines[-1], flush=True)
         else:
-            tail = one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
-            print(
-                json.dumps(
-                    {
-                        "file": str(file),
-                        "status": "failed",
-                        "state": None,
-                        "error": f"the judge exited with {done.returncode}: {tail}",
-                    }
-                ),
-                flush=True,
-            )
+            tail = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else ""
+            line = {
+                "file": str(file),
+                "status": "failed",
+                "state": None,
+                "error": f"the judge exited with {done.returncode}: {tail}",
+            }
+            print(json.dumps(line), flush=True)
         worst = max(worst, 1 if done.returncode else 0)
     return worst
 

@@ -9,6 +9,7 @@ file) against what tests/measure/test_hostile.py asserts a study gives.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -123,8 +124,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     assert evaluate.main(["variant=plain", "problem=no_such_problem"]) == 2
     assert evaluate.main(["variant=plain", "params.no_such_param=3"]) == 2
     assert evaluate.main([str(tmp_path)]) == 2  # a folder without candidates
+    assert evaluate.main(["variant=plain", "mutations.layout=sideways"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 6 and all(line.startswith("error: ") for line in err), err
+    assert len(err) == 7 and all(line.startswith("error: ") for line in err), err
     assert evaluate.main(["-h"]) == 0
 
 
@@ -151,7 +153,9 @@ def test_the_interval_comes_from_the_worker_when_it_gives_one():
     }
     assert evaluate.verdict(base | {"speedup_ci": [1.9, 2.2]})["speedup_ci"] == [1.9, 2.2]
     got = evaluate.verdict(base)
-    # each median's relative standard error: 1.2533 * 0.1 / 1.349 / 10 = 0.00929
-    half = 1.959964 * (2 * 0.0092906**2) ** 0.5
-    assert got["speedup_ci"] == pytest.approx([2.0 * 2.718281828**-half, 2.0 * 2.718281828**half])
+    # each log median's standard error: 1.2533 * log1p(0.1) / 1.349 / sqrt(100) = 0.0088549
+    half = 1.959964 * (2 * 0.0088549**2) ** 0.5
+    assert got["speedup_ci"] == pytest.approx(
+        [2.0 * math.exp(-half), 2.0 * math.exp(half)], rel=1e-4
+    )
     assert got["state"] == "COMPLETE" and got["speedup_ci_from"].startswith("median IQRs")
