@@ -35,8 +35,9 @@ import torch
 from kernels import (
     Problem,
     dense_non_overlapping,
-    expand_kv,
+    kv_heads,
     plain_attention,
+    plain_blocks,
     qk_matmul,
     reference_attention,
 )
@@ -165,7 +166,12 @@ PLAIN_ORDERS: tuple[tuple[str | int, tuple[Callable[..., torch.Tensor], ...]], .
 
 
 def plain_error(
-    problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref: torch.Tensor
+    problem: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ref: torch.Tensor,
+    budget: int | None = None,
 ) -> float:
     """The error of a same-dtype plain implementation: the worst of a few summation orders.
 
@@ -179,27 +185,43 @@ def plain_error(
     without the luck (one correct kernel's sets in about a thousand still land above twice
     it: the rounding of a near-tie is a draw, not a bound).
     A cheat (lower precision, dropped keys, a constant) is off by orders of magnitude either way.
+
+    Computed in kernels.plain_blocks (one block where the whole problem fits in `budget`
+    bytes, default: a share of the device's free memory), so that no score matrix larger than
+    a block is ever held.
     """
     finite = torch.isfinite(ref)
     worst = 0.0
-    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])  # once, not once per order
+    group = q.shape[1] // k.shape[1]
+    blocks = plain_blocks(q, k, budget)
     for order, products in PLAIN_ORDERS:
-        # permuted once per order, shared by its products (K is expanded: a large copy)
+        # permuted once per order (a copy of q and k), shared by its products and blocks
         qo, ko = _head_dim_permuted(q, order), _head_dim_permuted(k, order)
         for qk in products:
-            plain = plain_attention(qo, ko, v, problem.causal, problem.scale, qk=qk)
-            diff = (plain.to(torch.float64) - ref).abs()
-            diff = diff[finite & torch.isfinite(diff)]
-            if diff.numel():
-                worst = max(worst, float(diff.max()))
-            del plain, diff
+            for batch, heads, rows in blocks:
+                kv = kv_heads(heads, group)
+                plain = plain_attention(
+                    qo[batch, heads, rows],
+                    ko[batch, kv],
+                    v[batch, kv],
+                    problem.causal,
+                    problem.scale,
+                    qk=qk,
+                    q_start=rows.start,
+                )
+                diff = (plain.to(torch.float64) - ref[batch, heads, rows]).abs()
+                diff = diff[finite[batch, heads, rows] & torch.isfinite(diff)]
+                if diff.numel():
+                    worst = max(worst, float(diff.max()))
+                del plain, diff
     return worst
 
 
 def reference_for(
     problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, float]:
-    """The float64 reference and the error of same-dtype plain implementations against it."""
+    """The float64 reference and the error of same-dtype plain implementations against it,
+    both computed in blocks sized from the device's free memory (long problems)."""
     ref = reference_attention(q, k, v, problem.causal, problem.scale)
     return ref, plain_error(problem, q, k, v, ref)
 

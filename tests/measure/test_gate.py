@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import Problem, plain_attention
+from kernels import Problem, plain_attention, plain_blocks, reference_attention
 from study.measure import gate
 from study.measure.gate import Rejected
 from study.measure.inputs import DISTRIBUTIONS, make_inputs
@@ -64,6 +64,27 @@ def test_reference_is_float64_attention_and_plain_error_bounds_plain(fresh_seed:
     assert torch.allclose(ref, float64_attention(q, k, v), rtol=0, atol=1e-12)
     own = float((honest(q, k, v).double() - ref).abs().max())
     assert 0 < own <= plain_err < 1e-4  # plain's own order is one of those measured
+
+
+LONGISH = Problem(
+    batch=2, heads_q=4, heads_kv=2, seq_q=48, seq_kv=40, head_dim=16, dtype="bfloat16", causal=True
+)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "peaked"])
+def test_plain_error_in_blocks_is_the_same_yardstick(fresh_seed: int, distribution: str) -> None:
+    """A long problem's yardstick is computed in row blocks (kernels.plain_blocks): the same
+    plain attention, rows offset in the causal mask; another GEMM blocking is another rounding
+    draw of the same size (a block misplaced by one row would be off by far more)."""
+    q, k, v = make_inputs(LONGISH, fresh_seed, distribution)
+    ref = reference_attention(q, k, v, LONGISH.causal, LONGISH.scale)
+    whole = gate.plain_error(LONGISH, q, k, v, ref, budget=1 << 40)
+    blocks = plain_blocks(q, k, budget=2000)
+    assert len(blocks) > 2 * 4 and any(rows.start > 0 for _, _, rows in blocks)
+    blocked = gate.plain_error(LONGISH, q, k, v, ref, budget=2000)
+    own = float((plain_attention(q, k, v, True, LONGISH.scale).double() - ref).abs().max())
+    assert 0 < own <= whole
+    assert 0.5 <= blocked / whole <= 2.0, (blocked, whole)
 
 
 def test_honest_output_passes_within_the_bound(fresh_seed: int) -> None:
