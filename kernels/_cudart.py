@@ -7,13 +7,21 @@ mutations read as mechanisms and this module as the one place that knows the bin
 changed names between releases: `cuda.cudart` and `cudaStreamAttr*` before, `cuda.bindings.runtime`
 and `cudaLaunchAttribute*` now). cuda-python is imported on first use only: the module imports
 without it, and `cudart()` raises ImportError where it is missing.
+
+Device-wide calls (the persisting carve-out, resetting persisting lines) act on the runtime's
+current device, which need not be the candidate's `cuda:N`: each one runs on the device it is
+given (`on_device`: set for the call, the previous one restored). Persisting lines outlive the
+call that made them and the timing's L2 flush (an ordinary write cannot evict them), so the
+timer resets them before each flush (`persisting_reset`): otherwise K and V would stay in L2 for
+the next call, the SDPA baseline's included, while everything else starts cold.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -56,6 +64,30 @@ def _attr_value(rt: Any) -> Any:
     return cls()
 
 
+def device_index(device: torch.device | str | int) -> int:
+    """The CUDA device index of `cuda:N` (N), of `cuda` (torch's current device), or of N."""
+    if isinstance(device, int):
+        return device
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"{device} is not a CUDA device")
+    return dev.index if dev.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def on_device(device: int) -> Iterator[Any]:
+    """The runtime bindings with `device` current for the block; the previous device after."""
+    rt = cudart()
+    before = int(_check(rt.cudaGetDevice(), "cudaGetDevice"))
+    if before != device:
+        _check(rt.cudaSetDevice(device), "cudaSetDevice")
+    try:
+        yield rt
+    finally:
+        if before != device:
+            _check(rt.cudaSetDevice(before), "cudaSetDevice")
+
+
 def stream_window(stream: torch.cuda.Stream | None = None) -> tuple[int, int]:
     """(base_ptr, num_bytes) of the access-policy window on `stream` (default: current)."""
     rt = cudart()
@@ -82,22 +114,25 @@ def set_stream_window(base_ptr: int, num_bytes: int, stream: Any = None) -> None
     _check(rt.cudaStreamSetAttribute(handle, _window_attr_id(rt), value), "cudaStreamSetAttribute")
 
 
-def persisting_limit() -> int:
-    rt = cudart()
-    return int(
+def persisting_limit(device: int) -> int:
+    """The persisting-L2 carve-out of `device`, bytes."""
+    with on_device(device) as rt:
+        limit = rt.cudaDeviceGetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize)
+        return int(_check(limit, "cudaDeviceGetLimit"))
+
+
+def set_persisting_limit(nbytes: int, device: int) -> None:
+    with on_device(device) as rt:
         _check(
-            rt.cudaDeviceGetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize),
-            "cudaDeviceGetLimit",
+            rt.cudaDeviceSetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize, int(nbytes)),
+            "cudaDeviceSetLimit",
         )
-    )
 
 
-def set_persisting_limit(nbytes: int) -> None:
-    rt = cudart()
-    _check(
-        rt.cudaDeviceSetLimit(rt.cudaLimit.cudaLimitPersistingL2CacheSize, int(nbytes)),
-        "cudaDeviceSetLimit",
-    )
+def reset_persisting_lines(device: int) -> None:
+    """Every persisting L2 line of `device`'s context back to normal (evictable) status."""
+    with on_device(device) as rt:
+        _check(rt.cudaCtxResetPersistingL2Cache(), "cudaCtxResetPersistingL2Cache")
 
 
 def _l2_limits(device: int) -> tuple[int, int]:
@@ -105,6 +140,21 @@ def _l2_limits(device: int) -> tuple[int, int]:
     rt = cudart()
     prop = _check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     return int(prop.persistingL2CacheMaxSize), int(prop.accessPolicyMaxWindowSize)
+
+
+def persisting_reset(device: torch.device | str) -> Callable[[], None] | None:
+    """A function that resets the persisting L2 lines of `device` (call it where the device is
+    idle: the reset is not stream-ordered), or None where no line can persist there (no CUDA,
+    no cuda-python, or a device without a persisting carve-out, e.g. under MIG)."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        index = device_index(device)
+        if _l2_limits(index)[0] <= 0:
+            return None
+    except (ImportError, RuntimeError):
+        return None
+    return functools.partial(reset_persisting_lines, index)
 
 
 def kv_span(k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
@@ -133,33 +183,34 @@ def in_one_allocation(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 class L2Runner:
-    """Sets a persisting L2 access-policy window over K and V on the current stream around each
-    call, and clears it after. The device's persisting carve-out is raised once when the runner is
-    made and restored (with the persisting lines reset) when the runner is freed."""
+    """Sets a persisting L2 access-policy window over K and V on the device's current stream
+    around each call, and clears it after. The carve-out of the problem's device (`cuda:N`, not
+    the runtime's current one) is raised once when the runner is made and restored (with the
+    persisting lines reset) when the runner is freed."""
 
     def __init__(self, run: Runner, problem: Problem) -> None:
         self.run = run
-        device = torch.device(problem.device)
-        self.device = device.index if device.index is not None else torch.cuda.current_device()
+        self.device = device_index(problem.device)
         self.max_persist, self.max_window = _l2_limits(self.device)
-        before = persisting_limit()
+        before = persisting_limit(self.device)
         wanted = min(self.max_persist, 2 * problem.min_bytes())
-        set_persisting_limit(max(before, wanted))
-        self.finalizer = weakref.finalize(self, _restore_l2, before)
+        set_persisting_limit(max(before, wanted), self.device)
+        self.finalizer = weakref.finalize(self, _restore_l2, before, self.device)
         self.windows: list[tuple[int, int]] = []  # what was set, for tests and reports
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         base, nbytes = kv_span(k, v)
         nbytes = min(nbytes, self.max_window)
-        set_stream_window(base, nbytes)
+        stream = torch.cuda.current_stream(self.device)
+        set_stream_window(base, nbytes, stream)
         try:
-            self.windows.append(stream_window())
+            self.windows.append(stream_window(stream))
             return self.run(q, k, v)
         finally:
-            set_stream_window(0, 0)
+            set_stream_window(0, 0, stream)
 
 
-def _restore_l2(limit: int) -> None:
+def _restore_l2(limit: int, device: int) -> None:
     with contextlib.suppress(Exception):
-        set_persisting_limit(limit)
-        cudart().cudaCtxResetPersistingL2Cache()
+        set_persisting_limit(limit, device)
+        reset_persisting_lines(device)

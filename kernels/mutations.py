@@ -22,7 +22,9 @@ layout's strides); runners are wrapped from the inside out: layout, out, l2, gra
 captures everything inside it).
 
 l2=kv's own parts (K and V in one allocation, the window's CUDA-runtime calls through
-cuda-python, the runner that sets it) live in kernels._cudart.
+cuda-python, the runner that sets it) live in kernels._cudart; `persisting_reset(device)` is the
+timer's: lines made persisting survive an ordinary cache flush, so a cold-cache timer resets them
+before each flush (else K and V stay in L2 for the next call, the baseline's included).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 
 from kernels._cudart import L2Runner, cudart, in_one_allocation
+from kernels._cudart import persisting_reset as persisting_reset  # the timer's (see above)
 from kernels._problem import Problem
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -6,6 +6,10 @@ rotated among several buffers, the order of the pair alternated (drift and warm-
 both sides equally), repetitions until the relative IQR of both sides is under `target_spread` or
 a time cap; median and IQR kept, and the per-repetition ratio baseline/candidate of each pair.
 
+The flush first resets persisting L2 lines to normal: `l2=kv`'s window makes K and V persist, an
+ordinary write does not evict those, and they would stay warm for the next call (the baseline's
+too) while everything else starts cold.
+
 The clocks are private references taken when this module is imported, before any candidate or
 plugin code runs: a candidate that replaces `time.perf_counter_ns` or `torch.cuda.Event` does not
 change what is measured, and the guard (study/measure/guard.py) notices the replacement.
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from kernels import Problem
+from kernels.mutations import persisting_reset
 
 FLUSH_BYTES = 256 * 1024 * 1024
 
@@ -64,8 +69,14 @@ class Timer:
             if self.cuda and cold_cache
             else None
         )
+        # None where no line can persist (CPU, no cuda-python, no carve-out)
+        self.reset_l2 = persisting_reset(self.device) if self.flush_buffer is not None else None
 
     def flush(self) -> None:
+        """Evict L2. The reset of persisting lines is not stream-ordered: it runs here, after the
+        timed call that may have made them has completed (each timed call ends synchronized)."""
+        if self.reset_l2 is not None:
+            self.reset_l2()
         if self.flush_buffer is not None:
             self.flush_buffer.zero_()
 

@@ -3,7 +3,9 @@ changes the code path. GPU-only mechanisms (CUDA graphs, the L2 window) are test
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -251,11 +253,12 @@ def test_graph_captures_once_per_buffer_set_and_replays() -> None:
 @pytest.mark.gpu
 def test_l2_window_is_set_during_the_call_and_restored() -> None:
     pytest.importorskip("cuda.bindings.runtime")
-    limit_before = _cudart.persisting_limit()
+    device = torch.cuda.current_device()
+    limit_before = _cudart.persisting_limit(device)
     seen = []
 
     def probe(q, k, v):  # noqa: ANN001, ANN202
-        seen.append((_cudart.stream_window(), _cudart.persisting_limit()))
+        seen.append((_cudart.stream_window(), _cudart.persisting_limit(device)))
         return kernels.plain_attention(q, k, v, GPU.causal, GPU.scale)
 
     applied = mut.Applied({"l2": "kv"}, GPU)
@@ -268,7 +271,126 @@ def test_l2_window_is_set_during_the_call_and_restored() -> None:
     assert _cudart.stream_window()[1] == 0  # cleared after the call
     del run
     gc.collect()
-    assert _cudart.persisting_limit() == limit_before  # restored when the candidate is freed
+    assert _cudart.persisting_limit(device) == limit_before  # restored when the candidate is freed
     seen.clear()
     mut.Applied({"l2": "off"}, GPU).wrap(probe)(q, k, v)
     assert seen[0][0][1] == 0  # toggled off: no window
+
+
+@pytest.mark.gpu
+def test_l2_carve_out_is_set_on_the_problems_device() -> None:
+    """`cuda:N` names the device whose carve-out is raised, whatever the current device is (the
+    last GPU; on a one-GPU machine that is the current one, and the calls still name it)."""
+    pytest.importorskip("cuda.bindings.runtime")
+    last = torch.cuda.device_count() - 1
+    current = torch.cuda.current_device()
+    others = {d: _cudart.persisting_limit(d) for d in range(last)}
+    before = _cudart.persisting_limit(last)
+    problem = dataclasses.replace(GPU, device=f"cuda:{last}")
+    run = _cudart.L2Runner(lambda q, k, v: q, problem)
+    assert _cudart.persisting_limit(last) >= min(run.max_persist, 2 * problem.min_bytes()) > 0
+    assert {d: _cudart.persisting_limit(d) for d in range(last)} == others
+    assert torch.cuda.current_device() == current  # the current device is left alone
+    run.finalizer()
+    assert _cudart.persisting_limit(last) == before
+
+
+@pytest.mark.gpu
+def test_cold_timer_resets_persisting_lines_before_each_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flush is an ordinary write: lines the window made persisting survive it. The cold
+    timer resets them (on the problem's device) before every flush; the hot one does not."""
+    pytest.importorskip("cuda.bindings.runtime")
+    from study.measure import timing
+
+    resets: list[int] = []
+    real = _cudart.reset_persisting_lines
+    monkeypatch.setattr(_cudart, "reset_persisting_lines", lambda d: (resets.append(d), real(d)))
+    applied = mut.Applied({"l2": "kv"}, GPU)
+    args = applied.prepare_inputs(inputs(GPU))
+    run = applied.wrap(lambda q, k, v: kernels.plain_attention(q, k, v, False, GPU.scale))
+    timer = timing.Timer(GPU, cold_cache=True)
+    for _ in range(3):
+        timer.time_call(run, args)
+    assert resets == [_cudart.device_index(GPU.device)] * 3
+    assert timing.Timer(GPU, cold_cache=False).reset_l2 is None
+
+
+# -- the device-wide calls name their device (logic checked on any machine) ----------------------
+class RecordingRuntime:
+    """Stands in for cuda.bindings.runtime where there is no GPU: a current device, per-device
+    persisting limits and resets, in the bindings' (err, value) convention."""
+
+    class cudaLimit:  # noqa: N801 - the binding's own name
+        cudaLimitPersistingL2CacheSize = "persisting-l2"
+
+    def __init__(self, devices: int = 2, current: int = 0, max_persist: int = 1 << 20) -> None:
+        self.current = current
+        self.limits = dict.fromkeys(range(devices), 0)
+        self.resets: list[int] = []
+        self.max_persist = max_persist
+
+    def cudaGetDevice(self):  # noqa: ANN201, N802
+        return (0, self.current)
+
+    def cudaSetDevice(self, device: int):  # noqa: ANN201, N802
+        self.current = device
+        return (0,)
+
+    def cudaDeviceGetLimit(self, limit: str):  # noqa: ANN201, N802
+        assert limit == "persisting-l2"
+        return (0, self.limits[self.current])
+
+    def cudaDeviceSetLimit(self, limit: str, nbytes: int):  # noqa: ANN201, N802
+        assert limit == "persisting-l2"
+        self.limits[self.current] = nbytes
+        return (0,)
+
+    def cudaGetDeviceProperties(self, device: int):  # noqa: ANN201, N802
+        props = SimpleNamespace(
+            persistingL2CacheMaxSize=self.max_persist, accessPolicyMaxWindowSize=1 << 27
+        )
+        return (0, props)
+
+    def cudaCtxResetPersistingL2Cache(self):  # noqa: ANN201, N802
+        self.resets.append(self.current)
+        return (0,)
+
+
+def test_l2_runner_raises_and_restores_the_carve_out_of_its_own_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt = RecordingRuntime(devices=2, current=0)
+    monkeypatch.setattr(_cudart, "cudart", lambda: rt)
+    problem = dataclasses.replace(GPU, device="cuda:1")
+    run = _cudart.L2Runner(lambda q, k, v: q, problem)
+    assert run.device == 1
+    assert rt.limits == {0: 0, 1: min(1 << 20, 2 * problem.min_bytes())}
+    assert rt.current == 0  # the runtime's current device is given back
+    run.finalizer()
+    assert rt.limits == {0: 0, 1: 0} and rt.resets == [1] and rt.current == 0
+
+
+def test_persisting_reset_acts_on_the_named_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = RecordingRuntime(devices=4, current=2)
+    monkeypatch.setattr(_cudart, "cudart", lambda: rt)
+    reset = mut.persisting_reset("cuda:3")
+    assert reset is not None
+    reset()
+    reset()
+    assert rt.resets == [3, 3] and rt.current == 2
+    assert mut.persisting_reset("cpu") is None
+    rt.max_persist = 0  # no carve-out (MIG, or an older GPU): nothing can persist, no reset
+    assert mut.persisting_reset("cuda:3") is None
+    assert _cudart.device_index("cuda:3") == 3 and _cudart.device_index(1) == 1
+    with pytest.raises(ValueError, match="not a CUDA device"):
+        _cudart.device_index("cpu")
+
+
+def test_persisting_reset_is_none_without_cuda_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise ImportError("No module named 'cuda'")
+
+    monkeypatch.setattr(_cudart, "cudart", missing)
+    assert mut.persisting_reset("cuda:0") is None
