@@ -5,7 +5,9 @@ whole score matrices (long_hd128: 64 GiB per matrix); they work in blocks sized 
 figures instead. GPU: `torch.cuda.mem_get_info` plus what torch's caching allocator holds unused
 (it hands that back to torch without asking the driver). CPU: MemAvailable of /proc/meminfo (what
 can be allocated without swapping; free pages from `os.sysconf` where there is no /proc), capped by
-what is left of an address-space limit (the CPU worker runs under one).
+what is left of an address-space limit (the CPU worker runs under one). Variants that hold a
+whole score matrix say they cannot run a problem whose matrix does not fit
+(`whole_scores_shortfall`): left out before the study starts, not one out-of-memory per trial.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from kernels._problem import Problem
 
 BUDGET_FRACTION = 0.25  # of the free memory, for one block's temporaries
 BUDGET_CAP = 2 * 1024**3  # larger blocks gain nothing measurable and crowd the candidate
@@ -73,3 +77,29 @@ def block_budget(device: torch.device | str) -> int:
     memory, at most BUDGET_CAP, at least BUDGET_FLOOR."""
     share = int(free_bytes(device) * BUDGET_FRACTION)
     return max(BUDGET_FLOOR, min(BUDGET_CAP, share))
+
+
+FIT_FRACTION = 0.8  # of the free memory a variant may plan to use (the gate needs some too)
+
+
+def shortfall(device: torch.device | str, nbytes: int, what: str) -> str | None:
+    """None where `nbytes` fit in FIT_FRACTION of `device`'s free memory, else why not."""
+    free = free_bytes(device)
+    if nbytes <= free * FIT_FRACTION:
+        return None
+    need, have = nbytes / 1024**3, free / 1024**3
+    return f"{what} need about {need:.1f} GiB; {device} has {have:.1f} GiB free"
+
+
+def whole_scores_shortfall(problem: Problem) -> str | None:
+    """For variants that hold the whole score matrix: None where it fits, with its float32
+    softmax (plain attention's peak: scores in the input dtype, a float32 copy, its softmax;
+    inductor's fused softmax holds less), else why not (long_hd128: about 80 GiB in bf16)."""
+    scores = problem.batch * problem.heads_q * problem.seq_q * problem.seq_kv
+    elem = torch.finfo(problem.dtype).bits // 8
+    return shortfall(
+        problem.device,
+        scores * (elem + 8),
+        f"the whole score matrix ({problem.batch * problem.heads_q} x {problem.seq_q} x "
+        f"{problem.seq_kv}) and its float32 softmax",
+    )

@@ -11,6 +11,11 @@ measured; two trials that differ only in inert dimensions have the same effectiv
 are measured once (the objective looks the second up). Combinations a variant declares
 meaningless (`valid`) or mutations that do not apply are left out of the enumeration (grid) and
 end PRUNED with `rejected_by=invalid_params` without running when a sampler proposes them.
+
+So are the combinations in UNVERIFIED: each part runs on its own, together they have never run
+on a GPU. Where a space could offer one, build_space names it in `excluded` (printed before the
+study starts); `python -m study.selfcheck` on a GPU runs each once, unscored, and a rule goes
+once a GPU run has shown its combination correct.
 """
 
 from __future__ import annotations
@@ -63,6 +68,50 @@ class Candidate:
         parts = [f"{k}={v}" for k, v in self.params.items()]
         parts += [f"{k}={v}" for k, v in self.mutations.items() if v != mut.default_value(k)]
         return self.variant + (f"({', '.join(parts)})" if parts else "")
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A combination of tunables and mutations left out of every space until a GPU run has
+    verified it (see the module docstring); `params` match by name in any variant."""
+
+    params: dict[str, Any]
+    mutations: dict[str, Any]
+    reason: str
+
+    def matches(self, candidate: Candidate) -> bool:
+        return all(candidate.params.get(k, _ABSENT) == v for k, v in self.params.items()) and all(
+            candidate.mutations.get(k, _ABSENT) == v for k, v in self.mutations.items()
+        )
+
+    def label(self) -> str:
+        parts = {**self.mutations, **self.params}
+        return " with ".join(f"{k}={v}" for k, v in parts.items())
+
+
+_ABSENT = object()
+UNVERIFIED: tuple[Unverified, ...] = (
+    Unverified(
+        {"mode": "reduce-overhead"},
+        {"graph": "on"},
+        "never run on a GPU: graph=on captures a CUDA graph around torch.compile's own "
+        "CUDA-graph trees (a capture inside a capture)",
+    ),
+    Unverified(
+        {},
+        {"graph": "on", "l2": "kv"},
+        "never run on a GPU: l2=kv sets its window on the host around each call, and a graph "
+        "replay does not pass through that code (the captured kernels may or may not keep it)",
+    ),
+)
+
+
+def unverified_reason(candidate: Candidate) -> str | None:
+    """Why `candidate` is left out as an unverified combination, or None."""
+    for rule in UNVERIFIED:
+        if rule.matches(candidate):
+            return f"{rule.label()}: {rule.reason}"
+    return None
 
 
 @dataclass
@@ -139,7 +188,7 @@ class SearchSpace:
             reason = self._mutation_reason(variant, name, value)
             if reason:
                 return reason
-        return None
+        return unverified_reason(candidate)
 
     def candidates(self) -> list[Candidate]:
         """Every distinct valid effective candidate (what an exhaustive search measures).
@@ -158,15 +207,26 @@ class SearchSpace:
                 [v for v in self.mutations[m] if self._mutation_reason(variant, m, v) is None]
                 for m in mut_names
             ]
+            names = list(self.choices[variant.name])
+            # unverified combinations: those of mutations alone are dropped from the mutation
+            # combinations once; those with tunables are checked per candidate of the variants
+            # that have those tunables
+            mut_only = [r for r in UNVERIFIED if not r.params]
+            with_params = [r for r in UNVERIFIED if r.params and set(r.params) <= set(names)]
             mut_combos = [
                 dict(zip(mut_names, combo, strict=True)) for combo in itertools.product(*allowed)
             ]
-            names = list(self.choices[variant.name])
+            mut_combos = [
+                m for m in mut_combos if not any(r.matches(Candidate("", {}, m)) for r in mut_only)
+            ]
             for values in itertools.product(*(self.choices[variant.name][p] for p in names)):
                 params = dict(zip(names, values, strict=True))
                 if variant.valid(self.problem, params):
                     continue
-                found.extend(Candidate(variant.name, params, dict(m)) for m in mut_combos)
+                for muts in mut_combos:
+                    candidate = Candidate(variant.name, params, dict(muts))
+                    if not any(r.matches(candidate) for r in with_params):
+                        found.append(candidate)
         self.__dict__["_candidates"] = found
         return list(found)
 
@@ -264,9 +324,28 @@ def build_space(
             excluded[f"mutation {name}={dropped}"] = mutation.supports(problem, dropped[0]) or ""
         if applicable:
             muts[name] = applicable
+    for rule in UNVERIFIED:
+        if _could_offer(rule, kept, choices, muts):
+            excluded[f"combination {rule.label()}"] = rule.reason
     for name, reason in excluded.items():
         log.info("left out %s: %s", name, reason)
     if not kept:
         detail = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no variant selected"
         raise SpaceError(f"no variant can run this problem on this device ({detail})")
     return SearchSpace(problem, kept, choices, muts, excluded)
+
+
+def _could_offer(
+    rule: Unverified,
+    variants: list[Variant],
+    choices: dict[str, dict[str, list[Any]]],
+    mutations: dict[str, list[Any]],
+) -> bool:
+    """True where some variant of the space has the rule's params among its choices and the
+    space's mutations hold the rule's values (validity aside: the message is a notice)."""
+    if any(value not in mutations.get(name, []) for name, value in rule.mutations.items()):
+        return False
+    return any(
+        all(value in choices[v.name].get(name, []) for name, value in rule.params.items())
+        for v in variants
+    )

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from kernels._memory import whole_scores_shortfall
 from kernels._problem import Problem
 from kernels._reference import plain_attention
 from kernels._registry import register
@@ -72,6 +73,11 @@ def supports(problem: Problem) -> str | None:
             return "torch.compile on CUDA needs triton"
         return None
     return f"torch.compile variants run on cpu or cuda, not {problem.device}"
+
+
+def _plain_supports(problem: Problem) -> str | None:
+    """compiled_plain holds the whole score matrix: it must fit too."""
+    return supports(problem) or whole_scores_shortfall(problem)
 
 
 def _mode_valid(problem: Problem, mode: str) -> str | None:
@@ -192,9 +198,9 @@ def _problem_key(problem: Problem) -> tuple[Any, ...]:
 @register(
     "compiled_plain",
     params={"mode": list(MODES)},
-    supports=supports,
+    supports=_plain_supports,
     valid=_mode_valid,
-    tags=("compiled", "out"),
+    tags=("compiled", "out", "compile"),
 )
 def build_plain(problem: Problem, mode: str):
     """softmax(Q K^T * scale) V through torch.compile (inductor fuses scale, mask and softmax)."""
@@ -216,7 +222,7 @@ def _chunk_valid(problem: Problem, chunk: int, mode: str) -> str | None:
     params={"chunk": [128, 64, 256, 512, 1024], "mode": list(MODES)},
     supports=supports,
     valid=_chunk_valid,
-    tags=("compiled", "out"),
+    tags=("compiled", "out", "compile"),
 )
 def build_chunked(problem: Problem, chunk: int, mode: str):
     """Query-chunked plain attention through torch.compile: score blocks of chunk x seq_kv."""

@@ -102,7 +102,7 @@ def _causal_mask(problem: Problem) -> Any:
     },
     supports=supports,
     valid=valid,
-    tags=("flex",),
+    tags=("flex", "compile"),
 )
 def build(
     problem: Problem,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from kernels._memory import whole_scores_shortfall
 from kernels._problem import Problem
 from kernels._reference import causal_mask, expand_kv, plain_attention
 from kernels._registry import register
 
 
-@register("plain", tags=("plain",))
+@register("plain", supports=whole_scores_shortfall, tags=("plain",))
 def build_plain(problem: Problem):
     """softmax(Q K^T * scale) V with the whole score matrix materialised."""
 

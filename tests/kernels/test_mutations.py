@@ -13,6 +13,7 @@ import torch
 import kernels
 from kernels import Problem, _cudart
 from kernels import mutations as mut
+from kernels.builtin import compiled
 from study.space import Candidate, build_space
 
 CPU = Problem(batch=1, heads_q=2, heads_kv=2, seq_q=16, seq_kv=24, head_dim=8, dtype="float32")
@@ -394,3 +395,69 @@ def test_persisting_reset_is_none_without_cuda_python(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(_cudart, "cudart", missing)
     assert mut.persisting_reset("cuda:0") is None
+
+
+# -- what the space leaves out before a study starts ---------------------------------------------
+def test_space_leaves_out_unverified_combinations_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """graph=on with mode=reduce-overhead, and graph=on with l2=kv, never ran on a GPU: a GPU
+    space offers each part but not the combination, and names it with its reason."""
+    monkeypatch.setattr(mut, "cudart", lambda: RecordingRuntime())  # l2=kv's bindings "there"
+    registry = kernels.variants()
+    cfg = {
+        "variants": ["compiled_plain", "sdpa"],
+        "mutations": {"graph": ["off", "on"], "l2": ["off", "kv"]},
+    }
+    space = build_space(GPU, cfg, registry, lambda names: dict.fromkeys(names))
+    assert space.mutations == {"graph": ["off", "on"], "l2": ["off", "kv"]}
+    graph_mode = space.excluded["combination graph=on with mode=reduce-overhead"]
+    graph_l2 = space.excluded["combination graph=on with l2=kv"]
+    assert graph_mode.startswith("never run on a GPU") and "capture inside a capture" in graph_mode
+    assert graph_l2.startswith("never run on a GPU") and "replay" in graph_l2
+    found = {(c.variant, c.params.get("mode"), c.mutations["graph"], c.mutations["l2"])
+             for c in space.candidates()}  # fmt: skip
+    expected = {
+        (name, mode, graph, l2)
+        for name, modes in (("sdpa", [None]), ("compiled_plain", compiled.MODES))
+        for mode in modes
+        for graph in ("off", "on")
+        for l2 in ("off", "kv")
+        if not (graph == "on" and (l2 == "kv" or mode == "reduce-overhead"))
+    }
+    assert found == expected and len(found) == 3 + 8
+    reason = space.invalid_reason(Candidate("sdpa", {}, {"graph": "on", "l2": "kv"}))
+    assert reason == f"graph=on with l2=kv: {graph_l2}"
+    on_ro = Candidate("compiled_plain", {"mode": "reduce-overhead"}, {"graph": "on", "l2": "off"})
+    assert space.invalid_reason(on_ro) == f"graph=on with mode=reduce-overhead: {graph_mode}"
+    off_ro = Candidate("compiled_plain", {"mode": "reduce-overhead"}, {"graph": "off", "l2": "kv"})
+    assert space.invalid_reason(off_ro) is None
+    # a space that cannot offer a combination does not mention it
+    cpu_space = build_space(CPU, cfg, registry, lambda names: dict.fromkeys(names))
+    assert not [name for name in cpu_space.excluded if name.startswith("combination")]
+    no_graph = build_space(GPU, {**cfg, "mutations": {"l2": ["off", "kv"]}}, registry,
+                           lambda names: dict.fromkeys(names))  # fmt: skip
+    assert not [name for name in no_graph.excluded if name.startswith("combination")]
+
+
+def test_variants_whose_score_matrix_cannot_fit_are_left_out() -> None:
+    """plain and compiled_plain hold the whole score matrix: where it cannot fit in the device's
+    free memory they say so (the worker asks them before the study starts) instead of failing
+    every trial with out-of-memory; chunked holds one block and stays."""
+    registry = kernels.variants()
+    huge = Problem(batch=64, heads_q=64, heads_kv=64, seq_q=1 << 16, seq_kv=1 << 16,
+                   head_dim=64, dtype="bfloat16")  # fmt: skip
+    scores_gib = 64 * 64 * (1 << 32) * (2 + 8) / 1024**3  # 160 TiB: more than any machine
+    for name in ("plain", "compiled_plain"):
+        reason = registry[name].supports(huge)
+        assert reason is not None and f"need about {scores_gib:.1f} GiB" in reason, reason
+    assert registry["plain"].supports(CPU) is None
+    assert registry["chunked"].supports(huge) is None
+    space = build_space(
+        huge,
+        {"variants": ["plain", "chunked"]},
+        registry,
+        lambda names: {n: registry[n].supports(huge) for n in names},
+    )
+    assert [v.name for v in space.variants] == ["chunked"]
+    assert "the whole score matrix (4096 x 65536 x 65536)" in space.excluded["plain"]
