@@ -3,7 +3,12 @@
 The first thing to run on a new machine: every registered variant is built, checked and timed in
 a spawned worker with a representative configuration (its first valid parameter combination),
 once with no mutation and once per other applicable value of each mutation (one mutation varied
-at a time). Prints a table: variant, mutation, status, latency, TFLOP/s, and the speedup over the
+at a time). On a GPU, also once per other value of each tunable (`tma=True`, `warp_specialize=
+True`, the cache hints, the compile modes, flex's tiles: the switches that change the code that
+runs; the other tunables stay as close to the representative as `valid` allows), and once per
+combination the study leaves out as never verified (study.space.UNVERIFIED, e.g. graph=on with
+l2=kv): those rows are reported, not scored, so that a GPU run shows whether they work.
+Prints a table: variant, row, status, latency, TFLOP/s, and the speedup over the
 fastest SDPA backend of this run. That speedup comes from paired measurements: each row's ratio
 against default SDPA timed in the same trial, divided by the best such ratio of an SDPA backend
 (so drift between rows cancels).
@@ -30,7 +35,8 @@ from kernels import mutations as mut
 from study import cli
 from study.errors import UserError
 from study.measure.worker import Worker, evaluate_task
-from study.space import Candidate
+from study.objective import call_timeout
+from study.space import UNVERIFIED, Candidate, Unverified
 
 USAGE = (
     "usage: python -m study.selfcheck [device=... problem=... bench=... space.variants=[a,b] "
@@ -52,10 +58,30 @@ class Row:
     vs_fastest: float | None = None
     builtin: bool = True
     problem: str = ""
+    scored: bool = True  # False: an unverified combination, reported only
 
     @property
     def failed(self) -> bool:
-        return self.builtin and (self.status.startswith("PRUNED") or self.status == "FAIL")
+        bad = self.status.startswith("PRUNED") or self.status == "FAIL"
+        return self.builtin and self.scored and bad
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One row to run: its label, the variant's params and the mutations."""
+
+    label: str
+    params: dict[str, Any]
+    mutations: dict[str, Any]
+    scored: bool = True
+    stage: int = 0  # 0: representative and mutations, 1: a tunable, 2: unverified
+
+
+def _is_valid(variant: Variant, problem: Problem, params: dict[str, Any]) -> bool:
+    try:
+        return variant.valid(problem, params) is None
+    except Exception:  # a valid() that cannot answer here (no GPU to ask) rules nothing in
+        return False
 
 
 def representative_params(variant: Variant, problem: Problem) -> dict[str, Any] | None:
@@ -63,12 +89,77 @@ def representative_params(variant: Variant, problem: Problem) -> dict[str, Any] 
     names = list(variant.params)
     for values in itertools.product(*(variant.params[n] for n in names)):
         params = dict(zip(names, values, strict=True))
-        try:
-            if variant.valid(problem, params) is None:
-                return params
-        except Exception:
-            continue
+        if _is_valid(variant, problem, params):
+            return params
     return None if names else {}
+
+
+def nearest_valid(
+    variant: Variant, problem: Problem, base: dict[str, Any], fixed: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A valid combination with `fixed` set and as few other tunables changed from `base` as
+    possible (then the first in the order of the choices); None where there is none."""
+    others = [n for n in variant.params if n not in fixed]
+    start = {**base, **fixed}
+    for distance in range(len(others) + 1):
+        for names in itertools.combinations(others, distance):
+            alternatives = [[c for c in variant.params[n] if c != base[n]] for n in names]
+            for values in itertools.product(*alternatives):
+                params = {**start, **dict(zip(names, values, strict=True))}
+                if _is_valid(variant, problem, params):
+                    return params
+    return None
+
+
+def tunable_rows(variant: Variant, problem: Problem, base: dict[str, Any]) -> list[Planned]:
+    """One row per other value of each tunable ("name=value"), the rest nearest to `base`."""
+    rows = []
+    for name, choices in variant.params.items():
+        for value in choices:
+            if value == base[name]:
+                continue
+            params = nearest_valid(variant, problem, base, {name: value})
+            if params is not None:
+                rows.append(Planned(f"{name}={value}", params, {}, stage=1))
+    return rows
+
+
+def _offers(rule: Unverified, variant: Variant, problem: Problem) -> bool:
+    if any(value not in variant.params.get(n, []) for n, value in rule.params.items()):
+        return False
+    for name, value in rule.mutations.items():
+        mutation = mut.make(name, [value])
+        if mutation.supports(problem, value) or mutation.applies(variant, value):
+            return False
+    return True
+
+
+def unverified_rows(variant: Variant, problem: Problem, base: dict[str, Any]) -> list[Planned]:
+    """One unscored row per UNVERIFIED combination this variant can be run with here."""
+    rows = []
+    for rule in UNVERIFIED:
+        if not _offers(rule, variant, problem):
+            continue
+        params = nearest_valid(variant, problem, base, rule.params)
+        if params is not None:
+            label = f"unverified: {rule.label()}"
+            rows.append(Planned(label, params, dict(rule.mutations), scored=False, stage=2))
+    return rows
+
+
+def plan(variant: Variant, problem: Problem) -> list[Planned] | None:
+    """The rows selfcheck runs for `variant` on `problem` (None: no valid combination): the
+    representative, each mutation value, and on a GPU each tunable value and each unverified
+    combination (on the CPU the GPU switches do not apply and the Triton interpreter ignores
+    warps, stages and hints: the representative rows keep the CPU run short)."""
+    base = representative_params(variant, problem)
+    if base is None:
+        return None
+    rows = [Planned(label, base, muts) for label, muts in mutation_rows(variant, problem)]
+    if problem.is_cuda:
+        rows += tunable_rows(variant, problem, base)
+        rows += unverified_rows(variant, problem, base)
+    return rows
 
 
 def mutation_rows(variant: Variant, problem: Problem) -> list[tuple[str, dict[str, Any]]]:
@@ -104,7 +195,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["variant", "mutation", "status", "latency us", "TFLOP/s", "vs fastest SDPA"]
+    head = ["variant", "row", "status", "latency us", "TFLOP/s", "vs fastest SDPA"]
     body = [
         [
             r.variant,
@@ -126,6 +217,47 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _run_row(
+    worker: Worker,
+    problem: Problem,
+    here: Problem,
+    variant: Variant,
+    item: Planned,
+    bench: dict[str, Any],
+    seed: int,
+    timeout_s: float,
+) -> Row:
+    """Evaluate one planned row in the worker."""
+    task = evaluate_task(
+        here,
+        Candidate(variant.name, item.params, item.mutations).to_dict(),
+        bench,
+        seed,
+        f"selfcheck {variant.name} {item.label}",
+    )
+    result = worker.call("evaluate", task, timeout_s)
+    builtin = variant.source.startswith("kernels.")
+    row = Row(variant.name, item.label, "FAIL", builtin=builtin, scored=item.scored)
+    if here != problem:
+        row.problem = f"interpreted: {here.signature()}"
+    if not item.scored:
+        row.problem = "not scored: left out of studies until verified"
+    if item.params:
+        row.detail = ", ".join(f"{k}={v}" for k, v in item.params.items())
+    status = result.get("status")
+    if status == "ok":
+        row.status = "ok"
+        row.latency_us = result["latency_us"]
+        row.tflops = result["tflops"]
+        row.speedup_default = result.get("paired_speedup") or result["speedup"]
+    elif status == "rejected":
+        row.status = f"PRUNED({result.get('rejected_by')})"
+        row.detail = str(result.get("detail", ""))[:160]
+    else:
+        row.detail = str(result.get("error", ""))[:160]
+    return row
+
+
 def check(
     problem: Problem,
     bench: dict[str, Any],
@@ -134,59 +266,45 @@ def check(
     seed: int = 0,
     timeout_s: float = 300.0,
     echo: bool = True,
+    build_timeout_s: float = 0.0,
 ) -> list[Row]:
+    """Every planned row of every variant; the table lists them by variant. They run stage by
+    stage (the representative and mutation rows of every variant, then the tunables, then the
+    unverified combinations), so that a run cut short has checked every variant once."""
     registry = kernels.variants()
     reply = worker.call("supports", {"problem": problem.to_dict(), "names": names}, timeout_s)
     if reply.get("status") != "ok":
         raise RuntimeError(f"asking the worker which variants run failed: {reply.get('error')}")
     answers = reply["answers"]
-    rows: list[Row] = []
-    for name in names:
+    done: list[tuple[tuple[int, int, int], Row]] = []
+    work: list[tuple[tuple[int, int, int], Variant, Problem, Planned]] = []
+    for order, name in enumerate(names):
         variant = registry[name]
         builtin = variant.source.startswith("kernels.")
         reason = answers.get(name)
         if reason:
-            rows.append(Row(name, "-", "n/a", reason, builtin=builtin))
+            done.append(((order, 0, 0), Row(name, "-", "n/a", reason, builtin=builtin)))
             continue
         here = problem
         if "triton" in variant.tags and not problem.is_cuda:
             here = _shrunk(problem)
-        params = representative_params(variant, here)
-        if params is None:
-            rows.append(Row(name, "-", "n/a", "no valid parameter combination", builtin=builtin))
+        planned = plan(variant, here)
+        if planned is None:
+            row = Row(name, "-", "n/a", "no valid parameter combination", builtin=builtin)
+            done.append(((order, 0, 0), row))
             continue
-        for label, muts in mutation_rows(variant, here):
-            task = evaluate_task(
-                here,
-                Candidate(name, params, muts).to_dict(),
-                bench,
-                seed,
-                f"selfcheck {name} {label}",
+        work += [((order, item.stage, i), variant, here, item) for i, item in enumerate(planned)]
+    for key, variant, here, item in sorted(work, key=lambda w: (w[0][1], w[0][0], w[0][2])):
+        timeout = call_timeout(variant.tags, timeout_s, build_timeout_s)
+        row = _run_row(worker, problem, here, variant, item, bench, seed, timeout)
+        done.append((key, row))
+        if echo:
+            print(
+                f"  {variant.name} {item.label}: {row.status} {_fmt(row.latency_us, '.1f')} us",
+                file=sys.stderr,
+                flush=True,
             )
-            result = worker.call("evaluate", task, timeout_s)
-            row = Row(name, label, "FAIL", builtin=builtin)
-            if here != problem:
-                row.problem = f"interpreted: {here.signature()}"
-            if params:
-                row.detail = ", ".join(f"{k}={v}" for k, v in params.items())
-            status = result.get("status")
-            if status == "ok":
-                row.status = "ok"
-                row.latency_us = result["latency_us"]
-                row.tflops = result["tflops"]
-                row.speedup_default = result.get("paired_speedup") or result["speedup"]
-            elif status == "rejected":
-                row.status = f"PRUNED({result.get('rejected_by')})"
-                row.detail = str(result.get("detail", ""))[:160]
-            else:
-                row.detail = str(result.get("error", ""))[:160]
-            rows.append(row)
-            if echo:
-                print(
-                    f"  {name} {label}: {row.status} {_fmt(row.latency_us, '.1f')} us",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    rows = [row for _, row in sorted(done, key=lambda d: d[0])]
     sdpa = [
         r.speedup_default
         for r in rows
@@ -229,6 +347,7 @@ def main(args: list[str]) -> int:
             worker,
             seed=int(s.cfg.seed),
             timeout_s=max(float(s.cfg.worker.timeout_s), 300.0),
+            build_timeout_s=float(s.cfg.worker.build_timeout_s),
         )
     finally:
         worker.stop()
