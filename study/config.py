@@ -105,6 +105,8 @@ class StudyConfig:
 @dataclass
 class WorkerConfig:
     timeout_s: float = 120.0
+    # added to timeout_s for variants tagged "compile" (their build runs torch.compile)
+    build_timeout_s: float = 600.0
     devices: Any = "auto"
     # address-space cap of a CPU worker, GB; null: 75% of RAM on the CPU, none on a GPU; 0: none
     memory_limit_gb: float | None = None
@@ -258,6 +260,10 @@ def validate(cfg: DictConfig) -> None:
     _check(s.retime_top_k >= 0, f"study.retime_top_k must be >= 0, got {s.retime_top_k}")
     _check(s.patience is None or s.patience >= 1, f"study.patience must be >= 1, got {s.patience}")
     _check(cfg.worker.timeout_s > 0, f"worker.timeout_s must be > 0, got {cfg.worker.timeout_s}")
+    _check(
+        cfg.worker.build_timeout_s >= 0,
+        f"worker.build_timeout_s must be >= 0, got {cfg.worker.build_timeout_s}",
+    )
     b = cfg.bench
     _check(b.check_sets >= 1, f"bench.check_sets must be >= 1, got {b.check_sets}")
     _check(b.warmup >= 0, f"bench.warmup must be >= 0, got {b.warmup}")

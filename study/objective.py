@@ -21,6 +21,16 @@ from kernels import Problem
 from study.measure.worker import Worker, evaluate_task
 from study.space import Candidate, SearchSpace
 
+COMPILE_TAG = "compile"  # a variant whose build compiles (torch.compile): it gets a build budget
+
+
+def call_timeout(tags: tuple[str, ...], timeout_s: float, build_timeout_s: float) -> float:
+    """One evaluation's wall-clock limit: `timeout_s` (`worker.timeout_s`), plus the build budget
+    `build_timeout_s` (`worker.build_timeout_s`) for variants tagged COMPILE_TAG, whose build
+    alone can take minutes (max-autotune over many shapes) and would otherwise time out."""
+    return timeout_s + (build_timeout_s if COMPILE_TAG in tags else 0.0)
+
+
 RESULT_ATTRS = (
     "latency_us",
     "latency_iqr_us",
@@ -61,6 +71,7 @@ class Objective:
         timeout_s: float,
         extra_attrs: dict[str, Any] | None = None,
         on_result: Callable[[FrozenTrial | None, dict[str, Any]], None] | None = None,
+        build_timeout_s: float = 0.0,
     ) -> None:
         self.space = space
         self.worker = worker
@@ -70,6 +81,7 @@ class Objective:
         self.timeout_s = timeout_s
         self.extra_attrs = extra_attrs or {}
         self.on_result = on_result
+        self.build_timeout_s = build_timeout_s
 
     def __call__(self, trial: optuna.Trial) -> float:
         encoded = self.space.suggest(trial)
@@ -102,8 +114,10 @@ class Objective:
             seed,
             f"trial {trial.number}: {candidate.label()}",
         )
+        tags = next(v.tags for v in self.space.variants if v.name == candidate.variant)
+        timeout = call_timeout(tags, self.timeout_s, self.build_timeout_s)
         try:
-            result = self.worker.call("evaluate", task, self.timeout_s)
+            result = self.worker.call("evaluate", task, timeout)
         except KeyboardInterrupt:
             # Optuna marks the trial FAIL and re-raises; say why in the record.
             trial.set_user_attr("error", "interrupted: the study was stopped (SIGINT) mid-trial")

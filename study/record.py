@@ -34,7 +34,7 @@ from study import cli
 from study.config import ConfigError, to_container
 from study.landscape.table import RESULT_COLUMNS, merge_rounds, param_columns, row_for, write_table
 from study.measure.worker import Worker, evaluate_task
-from study.objective import trial_seed
+from study.objective import call_timeout, trial_seed
 from study.space import SpaceError, build_space
 
 USAGE = "usage: python -m study.record [run overrides] out=PATH.csv [rounds=N]"
@@ -108,7 +108,12 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
                     trial_seed(int(cfg.seed), index + round_no * len(candidates)),
                     f"record {index}: {candidate.label()}",
                 )
-                result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
+                timeout = call_timeout(
+                    kernels.variants()[candidate.variant].tags,
+                    float(cfg.worker.timeout_s),
+                    float(cfg.worker.build_timeout_s),
+                )
+                result = worker.call("evaluate", task, timeout)
                 results[index].append(result)
                 counts = write_table(out, columns, space, candidates, results)
                 row = row_for(space, candidate, merge_rounds(results[index]))

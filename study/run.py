@@ -27,7 +27,7 @@ from study.config import expand_sweeps, load, to_container
 from study.errors import UserError
 from study.measure.env import device_slug, differences
 from study.measure.worker import Worker, evaluate_task
-from study.objective import CandidateFailed, Objective, trial_seed
+from study.objective import CandidateFailed, Objective, call_timeout, trial_seed
 from study.pool import PooledObjective, resolve_devices, shared_warnings, start_all
 from study.results import dispatch, plots, publish, report
 from study.search import make_sampler
@@ -130,7 +130,11 @@ def retime(
                 trial_seed(seed + 1, row["trial"]),
                 f"re-time trial {row['trial']}",
             )
-            result = worker.call("evaluate", task, float(cfg.worker.timeout_s))
+            tags = getattr(kernels.variants().get(row["spec"]["variant"]), "tags", ())
+            timeout = call_timeout(
+                tags, float(cfg.worker.timeout_s), float(cfg.worker.build_timeout_s)
+            )
+            result = worker.call("evaluate", task, timeout)
             result.pop("log", None)
             again[row["trial"]] = result
     finally:
@@ -214,6 +218,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
                     "device": w.device,
                     "pid": os.getpid(),
                 },
+                build_timeout_s=float(cfg.worker.build_timeout_s),
             )
             for w, e in zip(workers, envs, strict=True)
         ]

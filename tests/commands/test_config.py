@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
+import kernels
+from kernels import Problem
 from study.config import ConfigError, expand_sweeps, load
+from study.objective import COMPILE_TAG, Objective, call_timeout
+from study.space import build_space
 from tests.conftest import run_study
 
 
@@ -62,3 +67,43 @@ def test_cli_errors_exit_non_zero_without_traceback(tmp_path, override):
         import optuna
 
         assert optuna.get_all_study_summaries(f"sqlite:///{db}") == []
+
+
+def test_build_budget_is_a_worker_key_added_for_compile_variants() -> None:
+    """`worker.build_timeout_s` (default 600) is added to `worker.timeout_s` for variants tagged
+    `compile` (a torch.compile build can outlast a trial's limit alone), for no other variant."""
+    cfg, _ = load([])
+    assert (cfg.worker.timeout_s, cfg.worker.build_timeout_s) == (120, 600)
+    cfg, _ = load(["worker.build_timeout_s=30"])
+    assert cfg.worker.build_timeout_s == 30
+    with pytest.raises(ConfigError, match="worker.build_timeout_s must be >= 0, got -1"):
+        load(["worker.build_timeout_s=-1"])
+    registry = kernels.variants()
+    compiling = {name for name, v in registry.items() if COMPILE_TAG in v.tags}
+    assert {"compiled_plain", "compiled_chunked", "flex"} <= compiling
+    assert not compiling & {"plain", "chunked", "grouped", "sdpa", "triton_flash"}
+
+    class Recording:
+        """Answers evaluate requests at once; records each request's limit."""
+
+        limits: list[tuple[str, float]] = []
+
+        def call(self, kind: str, payload: dict, timeout_s: float) -> dict:
+            self.limits.append((payload["candidate"]["variant"], timeout_s))
+            return {"status": "ok", "latency_us": 1.0}
+
+    problem = Problem(1, 2, 2, 16, 16, 8, dtype="float32")
+    space_cfg = {
+        "variants": ["plain", "compiled_plain"],
+        "params": {"compiled_plain": {"mode": ["default"]}},
+    }
+    space = build_space(problem, space_cfg, registry, lambda names: dict.fromkeys(names))
+    worker = Recording()
+    objective = Objective(space, worker, problem, {}, 0, 120.0, build_timeout_s=600.0)
+    study = optuna.create_study()
+    for index in (0, 1):
+        study.enqueue_trial(space.encode(space.candidates()[index]))
+    study.optimize(objective, n_trials=2)
+    assert sorted(worker.limits) == [("compiled_plain", 720.0), ("plain", 120.0)]
+    assert call_timeout(("compile",), 120.0, 600.0) == 720.0
+    assert call_timeout(("compiled", "out"), 120.0, 600.0) == 120.0
