@@ -103,12 +103,16 @@ class _Bindings:
 
 @pytest.fixture
 def hopper(monkeypatch: pytest.MonkeyPatch) -> None:
-    """valid() of triton_flash asks the GPU its compute capability: stand in an H200's (9.0),
-    and make l2=kv's bindings importable."""
+    """valid() of triton_flash asks the GPU what it is: stand in an H200 (9.0, 232,448 bytes of
+    shared memory per block), and make l2=kv's bindings importable."""
     from kernels import mutations
     from kernels.builtin import triton_flash
 
-    monkeypatch.setattr(triton_flash, "_capability", lambda device: (9, 0))
+    if hasattr(triton_flash, "_device_facts"):  # capability and shared memory per block
+        facts = triton_flash.DeviceFacts((9, 0), 232_448)
+        monkeypatch.setattr(triton_flash, "_device_facts", lambda device: facts)
+    else:
+        monkeypatch.setattr(triton_flash, "_capability", lambda device: (9, 0))
     monkeypatch.setattr(mutations, "cudart", lambda: _Bindings())
 
 
