@@ -106,7 +106,7 @@ class StudyConfig:
 class WorkerConfig:
     timeout_s: float = 120.0
     # added to timeout_s for variants tagged "compile" (their build runs torch.compile)
-    build_timeout_s: float = 600.0
+    build_timeout_s: float = 900.0
     devices: Any = "auto"
     # address-space cap of a CPU worker, GB; null: 75% of RAM on the CPU, none on a GPU; 0: none
     memory_limit_gb: float | None = None

@@ -70,10 +70,10 @@ def test_cli_errors_exit_non_zero_without_traceback(tmp_path, override):
 
 
 def test_build_budget_is_a_worker_key_added_for_compile_variants() -> None:
-    """`worker.build_timeout_s` (default 600) is added to `worker.timeout_s` for variants tagged
+    """`worker.build_timeout_s` (default 900) is added to `worker.timeout_s` for variants tagged
     `compile` (a torch.compile build can outlast a trial's limit alone), for no other variant."""
     cfg, _ = load([])
-    assert (cfg.worker.timeout_s, cfg.worker.build_timeout_s) == (120, 600)
+    assert (cfg.worker.timeout_s, cfg.worker.build_timeout_s) == (120, 900)
     cfg, _ = load(["worker.build_timeout_s=30"])
     assert cfg.worker.build_timeout_s == 30
     with pytest.raises(ConfigError, match="worker.build_timeout_s must be >= 0, got -1"):
