@@ -43,9 +43,9 @@ from study import cli
 from study.config import load
 from study.errors import UserError, one_line
 from study.measure.worker import Worker, evaluate_task
-from study.objective import RESULT_ATTRS, trial_seed
+from study.objective import RESULT_ATTRS, call_timeout, trial_seed
 from study.selfcheck import representative_params
-from study.space import Candidate
+from study.space import Candidate, unverified_reason
 
 USAGE = (
     "usage: python -m study.evaluate FILE.py|DIR [variant=NAME] [params.P=V] [mutations.M=V] "
@@ -268,6 +268,7 @@ def judge_variant(
             "state": "FAIL",
             "error": f"valid(): {one_line(exc, typed=True)}",
         }
+    invalid = invalid or unverified_reason(candidate)  # a study leaves these out too
     if invalid:
         return head | {
             "status": "rejected",
@@ -276,7 +277,8 @@ def judge_variant(
             "detail": invalid,
         }
     task = evaluate_task(s.problem, candidate.to_dict(), s.bench, seed, f"evaluate {name}")
-    return head | verdict(worker.call("evaluate", task, timeout_s))
+    limit = call_timeout(variant.tags, timeout_s, float(s.cfg.worker.build_timeout_s))
+    return head | verdict(worker.call("evaluate", task, limit))
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
