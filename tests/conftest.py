@@ -14,6 +14,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:
+    # Triton runs only in its interpreter on the CPU, and triton.jit reads the mode when triton is
+    # first imported: a test that builds a transformers model imports triton, so set the mode
+    # before any test module can (tests/kernels/test_triton_flash.py needs it).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 GPU_SKIP = "needs a CUDA GPU; none is visible"
 
 # A CPU problem small enough that a study of a few trials takes seconds.
