@@ -1,23 +1,24 @@
 """The Triton flash-attention variant under the Triton interpreter, against the float64 reference.
 
-TRITON_INTERPRET must be set before triton is imported (triton.jit picks the mode then), so it
-is set here, before anything imports kernels.builtin.triton_flash. Shapes stay small: the
+TRITON_INTERPRET must be set before triton is imported (triton.jit picks the mode then), and a
+process that sets it keeps it: every later test and every worker it spawns would run in the
+interpreter too. So the tests marked `interpreter` run in a child pytest process started by
+test_interpreter_cases_in_a_child_process, with TRITON_INTERPRET=1 in its environment from the
+start; in this process (tests/conftest.py deselects them) nothing sets it. Shapes stay small: the
 interpreter runs every program of the grid in NumPy.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"
-
-import itertools  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -27,6 +28,7 @@ from kernels import Problem, reference_attention  # noqa: E402
 from kernels.builtin.triton_flash import _bf16_nearest  # noqa: E402
 from study.measure.gate import ATOL, plain_error  # noqa: E402
 
+interpreter = pytest.mark.interpreter  # run in the child: test_interpreter_cases_in_a_child_...
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 
@@ -157,12 +159,14 @@ CASES = [
 ]
 
 
+@interpreter
 @pytest.mark.parametrize("shape,dtype,causal,params,layout,scale", CASES)
 def test_matches_reference(shape, dtype, causal, params, layout, scale):
     problem = Problem(*shape, dtype=dtype, causal=causal, scale=scale, device="cpu")
     _check(problem, params, _seed(), layout)
 
 
+@interpreter
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_every_valid_tiling(causal):
     """Every valid BLOCK_M x BLOCK_N x causal_skip on one tailed GQA problem, exp2 alternating."""
@@ -224,12 +228,14 @@ HOPPER_CASES = [
 ]
 
 
+@interpreter
 @pytest.mark.parametrize("shape,dtype,causal,params,layout,scale", HOPPER_CASES)
 def test_hopper_paths_under_interpreter(shape, dtype, causal, params, layout, scale):
     problem = Problem(*shape, dtype=dtype, causal=causal, scale=scale, device="cpu")
     _check(problem, params, _seed(), layout, check_valid=False)
 
 
+@interpreter
 def test_tma_falls_back_to_pointers_for_strides_tma_cannot_address():
     """A K view with a last stride of 2 cannot be a tensor descriptor: same result via pointers."""
     problem = Problem(1, 2, 2, 40, 50, 64, dtype=F32, causal=True)
@@ -245,6 +251,7 @@ def test_tma_falls_back_to_pointers_for_strides_tma_cannot_address():
     assert (out.double() - ref).abs().max().item() <= bound
 
 
+@interpreter
 def test_output_is_a_new_tensor():
     problem = Problem(1, 2, 2, 20, 30, 32, dtype=F32)
     q, k, v = _inputs(problem, _seed())
@@ -255,6 +262,7 @@ def test_output_is_a_new_tensor():
     assert torch.equal(first, second)
 
 
+@interpreter
 def test_supports_reasons(monkeypatch):
     variant = _variant()
     assert variant.supports(Problem(1, 2, 2, 16, 16, 64, dtype=F16)) is None
@@ -330,7 +338,7 @@ def test_says_why_in_a_fresh_process(reason):
         "print(v.supports(Problem(1, 2, 2, 16, 16, 64)))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("TRITON_INTERPRET")
+    env.pop("TRITON_INTERPRET", None)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -338,6 +346,7 @@ def test_says_why_in_a_fresh_process(reason):
     assert done.stdout.strip().splitlines()[-1] == reason
 
 
+@interpreter
 def test_rows_without_visible_keys_give_zeros_not_nan():
     """No problem has such rows (top-left causal always shows key 0); the guard holds anyway.
 
@@ -365,6 +374,7 @@ def _bf16_cast(x_ptr, out_ptr, n: tl.constexpr):
     tl.store(out_ptr + offs, _bf16_nearest(tl.load(x_ptr + offs)))
 
 
+@interpreter
 def test_interpreter_bf16_rounding_matches_torch():
     """_bf16_nearest rounds float32 to bfloat16 exactly as torch (and the GPU) do.
 
@@ -383,3 +393,53 @@ def test_interpreter_bf16_rounding_matches_torch():
     assert torch.equal(out, x.to(BF16))
     truncated = x.view(torch.int32).bitwise_and(-65536).view(F32).to(BF16)
     assert not torch.equal(truncated, x.to(BF16))  # the inputs tell rounding from truncation
+
+
+def _child_pytest(*args: str, interpret: bool, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.timeout(1800)
+def test_interpreter_cases_in_a_child_process():
+    """Every `interpreter` test of this module, in one child pytest with TRITON_INTERPRET=1."""
+    done = _child_pytest("-m", "interpreter", __file__, interpret=True, timeout=1700)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= len(CASES) + len(HOPPER_CASES) + 7, summary
+    assert "skipped" not in summary, summary
+
+
+PROBE = """
+import os, subprocess, sys
+
+def test_probe():
+    assert "TRITON_INTERPRET" not in os.environ, os.environ["TRITON_INTERPRET"]
+    code = "import os; print(os.environ.get('TRITON_INTERPRET', 'unset'))"
+    seen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert seen.strip() == "unset"
+"""
+
+
+def test_collecting_this_module_leaves_the_interpreter_off(tmp_path):
+    """A pytest run that collects this module (as `make test` does) keeps TRITON_INTERPRET out
+    of the later tests and of the processes they spawn."""
+    probe = tmp_path / "test_zz_probe.py"
+    probe.write_text(PROBE)
+    done = _child_pytest(
+        "--rootdir", str(ROOT), __file__, str(probe), "-k", "test_probe", interpret=False,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout, done.stdout[-2000:]
