@@ -17,10 +17,11 @@ interpreter accepts and ignores num_warps, num_stages and the load hints.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -347,9 +348,29 @@ TRITON_INTERPRETED = triton is not None and _is_interpreted(tl.zeros)
 # ----------------------------------------------------------------------------------------------
 
 
+class DeviceFacts(NamedTuple):
+    """What valid() needs to know of a CUDA device."""
+
+    capability: tuple[int, int]
+    shared_per_block: int  # bytes of shared memory one block may ask for (the opt-in maximum)
+
+
 @functools.cache
-def _capability(device: str) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(torch.device(device))
+def _device_facts(device: str) -> DeviceFacts:
+    """The device's facts; the sm_90 compile check (_triton_aot.as_device) stands in its own.
+
+    The shared-memory limit is the one Triton checks at launch (its driver's max_shared_mem);
+    0 where it cannot be read (valid() then leaves the launch to say).
+    """
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    try:
+        props = triton.runtime.driver.active.utils.get_device_properties(index)
+        shared = int(props["max_shared_mem"])
+    except Exception:  # a driver that cannot say: torch's figure, else no limit known
+        optin = getattr(torch.cuda.get_device_properties(index), "shared_memory_per_block_optin", 0)
+        shared = int(optin)
+    return DeviceFacts(torch.cuda.get_device_capability(index), shared)
 
 
 def _has_warp_specialize() -> bool:
@@ -362,7 +383,7 @@ def _hopper_reason(problem: Problem, feature: str) -> str | None:
     """None where a Hopper-only switch can apply to `problem`, else why not (no CUDA on CPUs)."""
     if not problem.is_cuda:
         return f"{feature} needs a CUDA GPU of compute capability >= 9 (Hopper)"
-    major, minor = _capability(problem.device)
+    major, minor = _device_facts(problem.device).capability
     if major < 9:
         return f"{feature} needs compute capability >= 9 (Hopper); this GPU is {major}.{minor}"
     return None
@@ -437,6 +458,87 @@ def valid(problem: Problem, **params: Any) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything of a _flash_fwd launch but the tensors, made once by build().
+
+    The sm_90 compile check (kernels/builtin/_triton_aot.py) compiles from the same plan, so what
+    it checks is what build() launches.
+    """
+
+    grid: tuple[int, int]
+    scalars: tuple[Any, ...]  # heads_q, group, seq_q, seq_kv, qk_scale
+    consts: dict[str, Any]  # the constexprs, num_warps and num_stages (USE_TMA is per call)
+    out_shape: tuple[int, int, int, int]
+    out_strides: tuple[int, int, int, int]  # contiguous
+    q_block: list[int]
+    kv_block: list[int]
+
+    def pointer_args(self, q: Any, k: Any, v: Any, out: Any) -> tuple[Any, ...]:
+        strides = (*q.stride(), *k.stride(), *v.stride(), *self.out_strides)
+        return (q, k, v, out, *strides, *self.scalars)
+
+    def tma_args(self, q: Any, k: Any, v: Any, out: Any) -> tuple[Any, ...]:
+        descs = (
+            TensorDescriptor(q, list(q.shape), list(q.stride()), self.q_block),
+            TensorDescriptor(k, list(k.shape), list(k.stride()), self.kv_block),
+            TensorDescriptor(v, list(v.shape), list(v.stride()), self.kv_block),
+            TensorDescriptor(out, list(self.out_shape), list(self.out_strides), self.q_block),
+        )
+        return (*descs, *(0,) * 16, *self.scalars)  # strides are unused on the descriptor path
+
+
+def launch_plan(
+    problem: Problem,
+    BLOCK_M: int,
+    BLOCK_N: int,
+    num_warps: int,
+    num_stages: int,
+    exp2: bool,
+    causal_skip: bool,
+    kv_eviction: str,
+    kv_cache: str,
+    warp_specialize: bool,
+) -> LaunchPlan:
+    """The grid, scalars and constexprs of `problem` under one parameter combination."""
+    if kv_eviction not in KV_EVICTION or kv_cache not in KV_CACHE:
+        raise ValueError(f"kv_eviction {kv_eviction!r} / kv_cache {kv_cache!r} not known")
+    batch, heads_q, seq_q, head_dim = problem.q_shape()
+    group = problem.heads_q // problem.heads_kv
+    qk_scale = problem.scale * LOG2E if exp2 else problem.scale
+    # float32 must not drop to TF32 in tl.dot: the gate compares with full-precision matmuls.
+    precision = "ieee" if problem.dtype == torch.float32 else "tf32"
+    # Triton's interpreter gets tl.dot on bfloat16 wrong (raw bits) and truncates float32 ->
+    # bfloat16 casts: upcast there, exactly, and round by hand (_bf16_nearest).
+    bf16_in_fp32 = problem.dtype == torch.bfloat16 and KERNEL_INTERPRETED
+    if bf16_in_fp32:
+        precision = "ieee"
+    consts: dict[str, Any] = dict(
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        HEAD_DIM=head_dim,
+        CAUSAL=problem.causal,
+        CAUSAL_SKIP=causal_skip,
+        USE_EXP2=exp2,
+        WARP_SPECIALIZE=warp_specialize,
+        KV_EVICT=kv_eviction,
+        KV_CACHE=kv_cache,
+        DOT_PRECISION=precision,
+        BF16_DOT_IN_FP32=bf16_in_fp32,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return LaunchPlan(
+        grid=(triton.cdiv(seq_q, BLOCK_M), batch * heads_q),
+        scalars=(heads_q, group, seq_q, problem.seq_kv, qk_scale),
+        consts=consts,
+        out_shape=problem.q_shape(),
+        out_strides=(seq_q * heads_q * head_dim, seq_q * head_dim, head_dim, 1),
+        q_block=[1, 1, BLOCK_M, head_dim],
+        kv_block=[1, 1, BLOCK_N, head_dim],
+    )
+
+
 @register(
     "triton_flash",
     params={
@@ -469,48 +571,17 @@ def build(
     warp_specialize: bool = False,
 ):
     """Triton flash-attention forward: online softmax over key blocks, GQA by head mapping."""
-    if kv_eviction not in KV_EVICTION or kv_cache not in KV_CACHE:
-        raise ValueError(f"kv_eviction {kv_eviction!r} / kv_cache {kv_cache!r} not known")
-    batch, heads_q, seq_q, head_dim = problem.q_shape()
-    out_shape = problem.q_shape()
-    dtype, device = problem.dtype, torch.device(problem.device)
-    group = problem.heads_q // problem.heads_kv
-    qk_scale = problem.scale * LOG2E if exp2 else problem.scale
-    grid = (triton.cdiv(seq_q, BLOCK_M), batch * heads_q)
-    # float32 must not drop to TF32 in tl.dot: the gate compares with full-precision matmuls.
-    precision = "ieee" if dtype == torch.float32 else "tf32"
-    # Triton's interpreter gets tl.dot on bfloat16 wrong (raw bits) and truncates float32 ->
-    # bfloat16 casts: upcast there, exactly, and round by hand (_bf16_nearest).
-    bf16_in_fp32 = dtype == torch.bfloat16 and KERNEL_INTERPRETED
-    if bf16_in_fp32:
-        precision = "ieee"
-    scalars = (heads_q, group, seq_q, problem.seq_kv, qk_scale)
-    consts: dict[str, Any] = dict(
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
-        HEAD_DIM=head_dim,
-        CAUSAL=problem.causal,
-        CAUSAL_SKIP=causal_skip,
-        USE_EXP2=exp2,
-        WARP_SPECIALIZE=warp_specialize,
-        KV_EVICT=kv_eviction,
-        KV_CACHE=kv_cache,
-        DOT_PRECISION=precision,
-        BF16_DOT_IN_FP32=bf16_in_fp32,
-        num_warps=num_warps,
-        num_stages=num_stages,
-    )
-    q_block = [1, 1, BLOCK_M, head_dim]
-    kv_block = [1, 1, BLOCK_N, head_dim]
-    out_strides = (seq_q * heads_q * head_dim, seq_q * head_dim, head_dim, 1)  # contiguous
-    zero_strides = (0,) * 16  # strides are unused on the descriptor path
+    plan = launch_plan(
+        problem, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=num_stages,
+        exp2=exp2, causal_skip=causal_skip, kv_eviction=kv_eviction, kv_cache=kv_cache,
+        warp_specialize=warp_specialize,
+    )  # fmt: skip
+    grid, consts, device = plan.grid, plan.consts, torch.device(problem.device)
+    out_shape, dtype = plan.out_shape, problem.dtype
 
     def run_pointers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = torch.empty(out_shape, dtype=dtype, device=device)
-        _flash_fwd[grid](
-            q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out_strides, *scalars,
-            USE_TMA=False, **consts,
-        )  # fmt: skip
+        _flash_fwd[grid](*plan.pointer_args(q, k, v, out), USE_TMA=False, **consts)
         return out
 
     if not tma:
@@ -520,13 +591,7 @@ def build(
         if not (_tma_ready(q) and _tma_ready(k) and _tma_ready(v)):
             return run_pointers(q, k, v)  # TMA cannot address these strides: same kernel, pointers
         out = torch.empty(out_shape, dtype=dtype, device=device)
-        descs = (
-            TensorDescriptor(q, list(q.shape), list(q.stride()), q_block),
-            TensorDescriptor(k, list(k.shape), list(k.stride()), kv_block),
-            TensorDescriptor(v, list(v.shape), list(v.stride()), kv_block),
-            TensorDescriptor(out, list(out_shape), list(out_strides), q_block),
-        )
-        _flash_fwd[grid](*descs, *zero_strides, *scalars, USE_TMA=True, **consts)
+        _flash_fwd[grid](*plan.tma_args(q, k, v, out), USE_TMA=True, **consts)
         return out
 
     return run_tma

@@ -1,0 +1,74 @@
+"""triton_flash compiled for sm_90 (H100/H200) on the CPU, without a GPU.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` runs Triton's passes and
+ptxas here (kernels/builtin/_triton_aot.py); bench/hopper_compile.py compiles a space's
+configurations and checks them. Witnesses here hold valid()'s compile-based rejections to what
+the compiler installed does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytest.importorskip("triton.backends.nvidia")
+
+from kernels import Problem  # noqa: E402
+from kernels.builtin import _triton_aot as aot  # noqa: E402
+from kernels.builtin import triton_flash as tf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if tf.KERNEL_INTERPRETED:
+    pytest.skip("TRITON_INTERPRET=1: the kernel is not compiled here", allow_module_level=True)
+pytestmark = pytest.mark.timeout(1800)  # compiles: minutes on 2 busy cores
+
+SMALL = Problem(1, 8, 8, 512, 512, 64, dtype=torch.float16, device="cuda", name="small")
+BASE = dict(
+    BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, exp2=True, causal_skip=False,
+    kv_eviction="", kv_cache="", tma=False, warp_specialize=False,
+)  # fmt: skip
+
+
+# -- the machinery ---------------------------------------------------------------------------
+
+
+def test_the_compiler_sees_the_launch_build_makes():
+    """Triton's own binder specialises the meta-tensor launch as a GPU launch would: unit strides
+    become constants, 16-aligned pointers and multiples of 16 get tt.divisibility."""
+    src, options = aot.Compiler().source(SMALL, BASE)
+    assert src.signature["Q"] == "*fp16" and src.signature["stride_qd"] == "constexpr"
+    assert src.signature["stride_qm"] == "i32" and src.signature["qk_scale"] == "fp32"
+    index = list(src.signature).index
+    assert src.attrs[(index("Q"),)] == [["tt.divisibility", 16]]
+    assert src.attrs[(index("stride_qm"),)] == [["tt.divisibility", 16]]
+    assert options == {"num_warps": 4, "num_stages": 2}
+    tma_src, _ = aot.Compiler().source(SMALL, BASE | {"tma": True})
+    assert tma_src.signature["Q"].startswith("tensordesc<fp16[1, 1, 64, 64]")
+
+
+def test_debug_line_info_is_no_difference():
+    ptx = '.file 1 "a.py"\n\t.loc 1 2 3\n$L__tmp0:\n\tadd.s32 %r1, %r2, %r3; // x\n'
+    other = ptx.replace("a.py", "b.py").replace(".loc 1 2 3", ".loc 1 9 9")
+    assert aot.strip_debug(ptx) == aot.strip_debug(other) == "\tadd.s32 %r1, %r2, %r3;"
+    assert aot.strip_debug(ptx + ".section\t.debug_info { }\n") == aot.strip_debug(ptx)
+
+
+# -- the GPU image's Triton, and the script ---------------------------------------------------
+
+
+def test_script_says_what_is_wrong_in_one_line():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hopper_compile.py"), "--problems", "nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "nosuch" in done.stderr
