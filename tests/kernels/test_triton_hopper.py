@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("triton")
 pytest.importorskip("triton.backends.nvidia")
 
+import kernels  # noqa: E402
 from kernels import Problem  # noqa: E402
 from kernels.builtin import _triton_aot as aot  # noqa: E402
 from kernels.builtin import triton_flash as tf  # noqa: E402
@@ -57,6 +58,34 @@ def test_debug_line_info_is_no_difference():
     other = ptx.replace("a.py", "b.py").replace(".loc 1 2 3", ".loc 1 9 9")
     assert aot.strip_debug(ptx) == aot.strip_debug(other) == "\tadd.s32 %r1, %r2, %r3;"
     assert aot.strip_debug(ptx + ".section\t.debug_info { }\n") == aot.strip_debug(ptx)
+
+
+# -- witnesses: what valid() rejects because of what the compiler does -----------------------
+
+
+def _compile(jobs: dict[str, aot.Job]) -> dict[str, aot.Compiled | str]:
+    """A few compiles, in worker processes (a compiler abort must not take pytest down)."""
+    return dict(zip(jobs, aot.compile_many(list(jobs.values()), workers=2), strict=True))
+
+
+def test_warp_specialize_is_not_offered_where_it_fails_or_changes_nothing():
+    """sm_90, Triton 3.6-3.9: the warp-specialisation pass asserts at num_warps=4 and leaves
+    the code as it was at num_warps=8. If this starts failing, a Triton changed that: compile
+    the space with it (bench/hopper_compile.py) and offer warp_specialize where it helps."""
+    witnesses = _compile(
+        {
+            "ws@4": (SMALL, BASE | {"warp_specialize": True}),
+            "nw8": (SMALL, BASE | {"num_warps": 8}),
+            "ws@8": (SMALL, BASE | {"num_warps": 8, "warp_specialize": True}),
+        }
+    )
+    assert isinstance(witnesses["ws@4"], str), "warp_specialize at num_warps=4 compiles now"
+    assert witnesses["ws@8"].ptx == witnesses["nw8"].ptx, "warp_specialize changes the code now"
+    assert kernels.variants()["triton_flash"].params["warp_specialize"] == [False]
+    with aot.as_device():
+        for warps in (4, 8):
+            reason = tf.valid(SMALL, **BASE | {"num_warps": warps, "warp_specialize": True})
+            assert reason and "warp_specialize" in reason
 
 
 # -- the GPU image's Triton, and the script ---------------------------------------------------
