@@ -43,11 +43,27 @@ LOG2E = 1.4426950408889634
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK_M_CHOICES = [64, 128, 32, 16]
 BLOCK_N_CHOICES = [64, 32, 128, 16]
-KV_EVICTION = ["", "evict_last", "evict_first"]
-KV_CACHE = ["", ".cg", ".ca"]
+KNOWN_KV_EVICTION = ["", "evict_last", "evict_first"]  # what build() takes
+KNOWN_KV_CACHE = ["", ".cg", ".ca"]
+
+
+def _triton_version() -> tuple[int, int]:
+    if triton is None:
+        return (0, 0)
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 # What the sm_90 compile check found (tests/kernels/test_triton_hopper.py keeps it true):
-# warp_specialize: the pass asserts at num_warps=4 (WSLowerToken and others) and leaves the
-# code unchanged at num_warps=8, on Triton 3.6 to 3.9: not offered; build() keeps the path.
+# - Triton 3.6, 3.7 and 3.8 drop every kv_eviction/kv_cache hint from the K/V loads they
+#   pipeline into cp.async (num_stages >= 2: all of them): the same PTX with and without.
+#   From 3.9 the eviction policy reaches cp.async (an L2::cache_hint policy) and `.ca` gives
+#   cp.async.ca; `.cg` stays a label (16-byte cp.async is .cg anyway). Only those are offered.
+# - warp_specialize: the pass asserts at num_warps=4 (WSLowerToken and others) and leaves the
+#   code unchanged at num_warps=8, on 3.6 to 3.9: not offered; build() keeps the path.
+HINTS_REACH_CODE = _triton_version() >= (3, 9)
+KV_EVICTION = list(KNOWN_KV_EVICTION) if HINTS_REACH_CODE else [""]
+KV_CACHE = ["", ".ca"] if HINTS_REACH_CODE else [""]
 WARP_SPECIALIZE_REASON = (
     "warp_specialize: on sm_90 Triton's warp specialisation fails on this kernel at "
     "num_warps=4 (an assertion in its NVGPUWarpSpecialization pass) and leaves the code "
@@ -431,6 +447,20 @@ def supports(problem: Problem) -> str | None:
     )
 
 
+def _hint_reason(problem: Problem, eviction: str, cache: str) -> str | None:
+    """None where the load hints change the compiled code (see HINTS_REACH_CODE), else why not."""
+    if not problem.is_cuda:
+        return "kv_eviction/kv_cache: the interpreter ignores load hints"
+    if not HINTS_REACH_CODE:
+        return (
+            f"kv_eviction/kv_cache: Triton {triton.__version__} drops them from the K/V loads "
+            "it pipelines (cp.async): the same code as without"
+        )
+    if cache == ".cg":
+        return "kv_cache='.cg' is what the pipelined K/V loads (cp.async.cg) use anyway"
+    return None
+
+
 def valid(problem: Problem, **params: Any) -> str | None:
     """None where the combination is worth timing, else a one-line reason it is meaningless."""
     block_m, block_n = params["BLOCK_M"], params["BLOCK_N"]
@@ -452,6 +482,10 @@ def valid(problem: Problem, **params: Any) -> str | None:
             return reason
         if params["kv_eviction"] or params["kv_cache"]:
             return "kv_eviction/kv_cache do not apply to tensor-descriptor (tma) loads"
+    if params["kv_eviction"] or params["kv_cache"]:
+        reason = _hint_reason(problem, params["kv_eviction"], params["kv_cache"])
+        if reason:
+            return reason
     return None
 
 
@@ -498,7 +532,7 @@ def launch_plan(
     warp_specialize: bool,
 ) -> LaunchPlan:
     """The grid, scalars and constexprs of `problem` under one parameter combination."""
-    if kv_eviction not in KV_EVICTION or kv_cache not in KV_CACHE:
+    if kv_eviction not in KNOWN_KV_EVICTION or kv_cache not in KNOWN_KV_CACHE:
         raise ValueError(f"kv_eviction {kv_eviction!r} / kv_cache {kv_cache!r} not known")
     batch, heads_q, seq_q, head_dim = problem.q_shape()
     group = problem.heads_q // problem.heads_kv

@@ -90,27 +90,6 @@ CASES = [
     _case((1, 2, 2, 77, 45, 64), F32, False, {}, case_id="tails-fp32-full-defaults"),
     _case((1, 2, 2, 77, 45, 64), F16, True, {"BLOCK_M": 32, "BLOCK_N": 16}, case_id="tails-causal"),
     _case(
-        (1, 2, 2, 77, 45, 64),
-        F16,
-        True,
-        {
-            "BLOCK_M": 32,
-            "BLOCK_N": 16,
-            "exp2": False,
-            "causal_skip": False,
-            "kv_eviction": "evict_last",
-            "kv_cache": ".cg",
-        },
-        case_id="tails-causal-noskip-exp-hints",
-    ),
-    _case(
-        (1, 2, 2, 45, 77, 64),
-        F32,
-        True,
-        {"BLOCK_M": 16, "BLOCK_N": 32, "kv_eviction": "evict_first", "kv_cache": ".ca"},
-        case_id="sq<skv-causal",
-    ),
-    _case(
         (1, 2, 2, 130, 33, 64),
         F16,
         True,
@@ -185,9 +164,30 @@ def test_every_valid_tiling(causal):
     assert checked == 3 * 4 * (2 if causal else 1)
 
 
-# The descriptor and warp-specialisation paths are GPU-only in the search (valid() rejects them
-# on the CPU), but the interpreter runs tensor descriptors, so their indexing is checked here.
+# The descriptor, warp-specialisation and load-hint paths are GPU-only in the search (valid()
+# rejects them on the CPU), but the interpreter runs them, so their indexing is checked here.
 HOPPER_CASES = [
+    _case(
+        (1, 2, 2, 77, 45, 64),
+        F16,
+        True,
+        {
+            "BLOCK_M": 32,
+            "BLOCK_N": 16,
+            "exp2": False,
+            "causal_skip": False,
+            "kv_eviction": "evict_last",
+            "kv_cache": ".cg",
+        },
+        case_id="tails-causal-noskip-exp-hints",
+    ),
+    _case(
+        (1, 2, 2, 45, 77, 64),
+        F32,
+        True,
+        {"BLOCK_M": 16, "BLOCK_N": 32, "kv_eviction": "evict_first", "kv_cache": ".ca"},
+        case_id="sq<skv-causal",
+    ),
     _case(
         (1, 4, 2, 45, 77, 64),
         F16,
@@ -290,6 +290,7 @@ def test_valid_reasons():
     assert "causal_skip" in variant.valid(full, base)
     assert "tma" in variant.valid(causal, base | {"tma": True})
     assert "warp_specialize" in variant.valid(causal, base | {"warp_specialize": True})
+    assert "interpreter" in variant.valid(causal, base | {"kv_eviction": "evict_last"})
     assert "BLOCK_M" in variant.valid(causal, base | {"BLOCK_M": 128})
     assert "BLOCK_N" in variant.valid(Problem(1, 2, 2, 40, 20, 64), base | {"BLOCK_N": 64})
     assert "BLOCK_M" in variant.valid(decode, base | {"BLOCK_M": 32, "causal_skip": False})

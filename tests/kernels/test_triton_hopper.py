@@ -88,6 +88,26 @@ def test_warp_specialize_is_not_offered_where_it_fails_or_changes_nothing():
             assert reason and "warp_specialize" in reason
 
 
+def test_load_hints_are_offered_only_where_they_change_the_code():
+    """Each kv_eviction/kv_cache value: offered (in the params and kept by valid()) exactly when
+    its PTX differs from the same launch without it and it compiles."""
+    jobs: dict[str, aot.Job] = {"base": (SMALL, BASE)}
+    for value in tf.KNOWN_KV_EVICTION[1:]:
+        jobs[f"kv_eviction={value}"] = (SMALL, BASE | {"kv_eviction": value})
+    for value in tf.KNOWN_KV_CACHE[1:]:
+        jobs[f"kv_cache={value}"] = (SMALL, BASE | {"kv_cache": value})
+    witnesses = _compile(jobs)
+    base = witnesses["base"].ptx
+    for switch, known in (("kv_eviction", tf.KNOWN_KV_EVICTION), ("kv_cache", tf.KNOWN_KV_CACHE)):
+        for value in known[1:]:
+            got = witnesses[f"{switch}={value}"]
+            changes = isinstance(got, aot.Compiled) and got.ptx != base
+            with aot.as_device():
+                kept = tf.valid(SMALL, **BASE | {switch: value}) is None
+            offered = value in kernels.variants()["triton_flash"].params[switch] and kept
+            assert offered == changes, f"{switch}={value!r}: offered {offered}, changes {changes}"
+
+
 # -- the GPU image's Triton, and the script ---------------------------------------------------
 
 
