@@ -396,6 +396,24 @@ def _device_facts(device: str) -> DeviceFacts:
     return DeviceFacts(torch.cuda.get_device_capability(index), shared)
 
 
+def shared_bytes(problem: Problem, params: dict[str, Any]) -> int:
+    """The shared memory a launch asks for, from its tiles: what Triton 3.6 and 3.9 allocate
+    for sm_90 without TMA, an upper bound with it (the compile check holds it to that).
+
+    With wgmma (BLOCK_M >= 64, fp16/bf16) every one of the num_stages buffers of a K and a V
+    tile and the Q tile live in shared memory; with mma.sync (smaller BLOCK_M) num_stages - 1
+    K and V buffers, Q, and the BLOCK_M x BLOCK_N probabilities of the second dot. TMA adds its
+    barriers (and, below BLOCK_M 64, leaves Q out).
+    """
+    size = problem.dtype.itemsize
+    d, bm, bn, stages = problem.head_dim, params["BLOCK_M"], params["BLOCK_N"], params["num_stages"]
+    if bm >= 64:
+        total = (stages * 2 * bn + bm) * d * size
+    else:
+        total = bm * d * size + bn * ((stages - 1) * 2 * d + bm) * size
+    return total + (1024 if params["tma"] else 0)
+
+
 def _hopper_reason(problem: Problem, feature: str) -> str | None:
     """None where a Hopper-only switch can apply to `problem`, else why not (no CUDA on CPUs)."""
     if not problem.is_cuda:
@@ -486,6 +504,11 @@ def valid(problem: Problem, **params: Any) -> str | None:
         reason = _hint_reason(problem, params["kv_eviction"], params["kv_cache"])
         if reason:
             return reason
+    if problem.is_cuda:
+        limit = _device_facts(problem.device).shared_per_block
+        need = shared_bytes(problem, params)
+        if limit and need > limit:
+            return f"needs {need} B of shared memory per block; this GPU allows {limit} B"
     return None
 
 

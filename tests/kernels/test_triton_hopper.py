@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ if tf.KERNEL_INTERPRETED:
 pytestmark = pytest.mark.timeout(1800)  # compiles: minutes on 2 busy cores
 
 SMALL = Problem(1, 8, 8, 512, 512, 64, dtype=torch.float16, device="cuda", name="small")
+LLAMA = Problem(1, 32, 8, 4096, 4096, 128, dtype=torch.bfloat16, causal=True, device="cuda")
 BASE = dict(
     BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, exp2=True, causal_skip=False,
     kv_eviction="", kv_cache="", tma=False, warp_specialize=False,
@@ -106,6 +108,45 @@ def test_load_hints_are_offered_only_where_they_change_the_code():
                 kept = tf.valid(SMALL, **BASE | {switch: value}) is None
             offered = value in kernels.variants()["triton_flash"].params[switch] and kept
             assert offered == changes, f"{switch}={value!r}: offered {offered}, changes {changes}"
+
+
+def _shared_edge(problem: Problem) -> dict[str, dict[str, Any]]:
+    """Per tile shape with any configuration over the limit: the largest valid() keeps and the
+    smallest it rejects for shared memory (by its own estimate)."""
+    edge: dict[str, dict[str, Any]] = {}
+    gpu = aot.on_gpu(problem)
+    with aot.as_device():
+        for tma in (False, True):
+            for block_m in tf.BLOCK_M_CHOICES:
+                rows = []
+                for block_n in tf.BLOCK_N_CHOICES:
+                    for stages in (2, 3, 4):
+                        p = BASE | {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_stages": stages}
+                        p |= {"tma": tma, "causal_skip": True}
+                        rows.append((tf.shared_bytes(gpu, p), tf.valid(gpu, **p), p))
+                kept = [r for r in rows if r[1] is None]
+                over = [r for r in rows if r[1] and "shared memory" in r[1]]
+                if kept and over:
+                    edge[f"kept BM{block_m} tma={tma}"] = max(kept, key=lambda r: r[0])[2]
+                    edge[f"over BM{block_m} tma={tma}"] = min(over, key=lambda r: r[0])[2]
+    return edge
+
+
+def test_shared_memory_estimate_bounds_the_compiler_and_valid_rejects_what_exceeds():
+    """valid()'s estimate is never below what the compiler allocates; where it rejects a
+    configuration for shared memory, the compiler would indeed ask for more than sm_90 has."""
+    edge = _shared_edge(LLAMA)
+    assert any(n.startswith("over ") for n in edge), "no configuration was over the limit"
+    witnesses = _compile({name: (LLAMA, params) for name, params in edge.items()})
+    gpu = aot.on_gpu(LLAMA)
+    for name, params in edge.items():
+        got = witnesses[name]
+        assert isinstance(got, aot.Compiled), f"{name}: {got}"
+        assert tf.shared_bytes(gpu, params) >= got.shared, f"{name}: estimate below {got.shared}"
+        if name.startswith("over "):
+            assert got.shared > aot.SM90.shared_per_block, f"{name}: fits ({got.shared} B)"
+        else:
+            assert got.shared <= aot.SM90.shared_per_block, f"{name}: {got.shared} B"
 
 
 # -- the GPU image's Triton, and the script ---------------------------------------------------
