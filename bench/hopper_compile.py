@@ -33,6 +33,7 @@ import datetime as dt
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -102,8 +103,12 @@ def space_case(problem_name: str, dtype: str, spaces: list[str], overrides: list
         kept, refused = aot.configurations(problem, choices)
         for params in kept:
             seen.setdefault(_key(params), params)
+        counts: dict[str, int] = {}
         for reason, items in refused.items():
-            rejected[reason] = max(rejected.get(reason, 0), len(items))
+            kind = re.sub(r"\b\d{5,}\b", "N", reason)  # one line per kind of reason
+            counts[kind] = counts.get(kind, 0) + len(items)
+        for kind, count in counts.items():  # the spaces overlap: the largest count
+            rejected[kind] = max(rejected.get(kind, 0), count)
     assert problem is not None
     return Case(f"{problem_name}/{dtype}", problem, choices, list(seen.values()), rejected)
 
@@ -301,6 +306,26 @@ def run(
     return cases, results, check(cases, results), timing
 
 
+def plan_table(problems: list[str], dtypes: list[str], spaces: list[str], overrides: list[str]):
+    """The configurations each case keeps and why valid() rejects the others (no compile)."""
+    import triton
+
+    lines = [
+        f"triton_flash on sm_90, Triton {triton.__version__}: configurations of {spaces}",
+        "",
+        "| problem/dtype | kept | rejected by valid(), by reason |",
+        "|---|---|---|",
+    ]
+    total = 0
+    for name in problems:
+        for dtype in dtypes:
+            case = space_case(name, dtype, spaces, overrides)
+            total += len(case.configs)
+            refused = "; ".join(f"{n} {r}" for r, n in sorted(case.rejected.items()))
+            lines.append(f"| {case.label} | {len(case.configs)} | {refused} |")
+    return "\n".join([*lines, "", f"{total} configurations kept in all."])
+
+
 def _reexec_with(triton_dir: str, argv: list[str]) -> int:
     """Run this script again with the Triton in `triton_dir` ahead of the installed one."""
     path = Path(triton_dir).expanduser().resolve()
@@ -325,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--triton", default=None, help="a directory holding another Triton")
     parser.add_argument("--out", default=None, help="append the table to this markdown file")
+    parser.add_argument(
+        "--plan", action="store_true", help="count the configurations, compile nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. problem.head_dim=64")
     args = parser.parse_args(argv)
     if args.triton and not os.environ.get("HOPPER_COMPILE_REEXEC"):
@@ -338,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
 
     split = [s for s in (args.problems, args.dtypes, args.spaces)]
     problems, dtypes, spaces = ([x for x in s.split(",") if x] for s in split)
+    if args.plan:
+        try:
+            print(plan_table(problems, dtypes, spaces, args.overrides))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cases, results, found, timing = run(
             problems, dtypes, spaces, args.overrides, args.sample, args.seed, args.workers, True

@@ -1,13 +1,31 @@
-"""triton_flash compiled for sm_90 (H100/H200) on the CPU, without a GPU.
+"""triton_flash compiled for sm_90 (H100/H200) on the CPU: the gene pool checked without a GPU.
 
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` runs Triton's passes and
-ptxas here (kernels/builtin/_triton_aot.py); bench/hopper_compile.py compiles a space's
-configurations and checks them. Witnesses here hold valid()'s compile-based rejections to what
-the compiler installed does.
+ptxas here (kernels/builtin/_triton_aot.py). The configurations are those a study searches on
+an sm_90 GPU: space=triton and space=full (their union; the same triton_flash choices today),
+kept by valid() as on an H100/H200, for the suite's problems (conf/problem/: small,
+llama3_8b_prefill, long_hd128, decode) in float16 and bfloat16.
+
+CI budget (what `make test` compiles): all of them are 11088 configurations on Triton 3.9 (3168
+on 3.6), at 0.7-1 s of CPU per compile (`bench/hopper_compile.py` compiles them all and prints a
+table; `--plan` counts them). Here, per problem and dtype, one kept configuration drawn at
+random (a fresh seed per run, printed; HOPPER_COMPILE_SEED=N replays it; of 20 draws the one
+whose neighbours vary the most switches) and every kept configuration one switch away from it:
+about 115 distinct compiles on 3.9: by that CPU figure 1-2 minutes on 2 idle cores (measured:
+14 minutes wall on this project's shared 2-core machine at load 10-13). Every switch of every problem is compared against its
+neighbours each run, and the draws move through the space from run to run. Plus witnesses for
+valid()'s compile-based rejections (warp specialisation, the load hints, the shared-memory
+bound), about 20 compiles, which must keep holding on the Triton installed.
+
+HOPPER_COMPILE_TRITON=DIR (a directory holding another Triton, e.g. the GPU image's 3.6:
+`pip install --no-deps --target DIR triton==3.6.0`) also runs the sampled check against it, in a
+subprocess (test_sampled_space_on_another_triton); without it that test is skipped.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +43,11 @@ from kernels.builtin import _triton_aot as aot  # noqa: E402
 from kernels.builtin import triton_flash as tf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+try:
+    import hopper_compile as hc  # noqa: E402
+finally:
+    sys.path.remove(str(ROOT / "bench"))
 
 if tf.KERNEL_INTERPRETED:
     pytest.skip("TRITON_INTERPRET=1: the kernel is not compiled here", allow_module_level=True)
@@ -36,6 +59,67 @@ BASE = dict(
     BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, exp2=True, causal_skip=False,
     kv_eviction="", kv_cache="", tma=False, warp_specialize=False,
 )  # fmt: skip
+
+
+def _seed() -> int:
+    fixed = os.environ.get("HOPPER_COMPILE_SEED")
+    return int(fixed) if fixed else int.from_bytes(os.urandom(4), "little") % (2**31)
+
+
+@pytest.fixture(scope="module")
+def sampled() -> tuple[list, dict, hc.Findings, dict[str, float]]:
+    seed = _seed()
+    print(f"HOPPER_COMPILE_SEED={seed}")
+    return hc.run(hc.SUITE, hc.DTYPES, hc.SPACES, [], 1, seed, workers=2)
+
+
+def _where(found: list) -> str:
+    lines = [f"{c}: {hc._short(p)}{': ' + str(x) if x is not None else ''}" for c, p, x in found]
+    return "\n".join(lines[:20])
+
+
+def test_sample_covers_every_problem_dtype_and_switch(sampled):
+    cases, _, _, timing = sampled
+    assert [c.label for c, _ in cases] == [f"{p}/{d}" for p in hc.SUITE for d in hc.DTYPES]
+    for case, configs in cases:
+        assert len(configs) > 1, case.label  # a base and at least one neighbour
+        for switch in case.choices:
+            offered = {params[switch] for params in case.configs}
+            tried = {params[switch] for params in configs}
+            if len(offered) > 1:
+                assert len(tried) > 1, f"{case.label}: {switch} not varied in the sample"
+    print(
+        f"{int(timing['compiles'])} compiles in {timing['wall_s']:.0f} s; one compile: median "
+        f"{timing['median_s']:.2f} s, max {timing['max_s']:.2f} s"
+    )
+
+
+def test_every_configuration_compiles(sampled):
+    _, _, found, _ = sampled
+    assert not found.failed, _where(found.failed)
+
+
+def test_shared_memory_fits_sm90(sampled):
+    _, _, found, _ = sampled
+    assert not found.shared, _where(found.shared)
+
+
+def test_half_precision_dots_lower_to_wgmma(sampled):
+    _, _, found, _ = sampled
+    assert not found.no_wgmma, _where([(c, p, None) for c, p in found.no_wgmma])
+
+
+def test_tma_produces_bulk_tensor_copies(sampled):
+    _, _, found, _ = sampled
+    assert not found.no_bulk, _where([(c, p, None) for c, p in found.no_bulk])
+
+
+def test_every_tunable_changes_the_ptx(sampled):
+    _, _, found, _ = sampled
+    pairs = [
+        (c, a, f"{s}={a[s]!r} and {s}={b[s]!r} give the same PTX") for c, s, a, b in found.labels
+    ]
+    assert not found.labels, _where(pairs)
 
 
 # -- the machinery ---------------------------------------------------------------------------
@@ -150,6 +234,21 @@ def test_shared_memory_estimate_bounds_the_compiler_and_valid_rejects_what_excee
 
 
 # -- the GPU image's Triton, and the script ---------------------------------------------------
+
+
+def test_sampled_space_on_another_triton():
+    """The same sampled check with the Triton in HOPPER_COMPILE_TRITON (skipped without it)."""
+    other = os.environ.get("HOPPER_COMPILE_TRITON")
+    if not other:
+        pytest.skip("HOPPER_COMPILE_TRITON names no directory with another Triton (e.g. 3.6)")
+    seed = random.Random(_seed()).randrange(2**31)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hopper_compile.py"), "--triton", other,
+         "--sample", "1", "--seed", str(seed)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "All checks pass." in done.stdout
 
 
 def test_script_says_what_is_wrong_in_one_line():
