@@ -12,10 +12,11 @@ table; `--plan` counts them). Here, per problem and dtype, one kept configuratio
 random (a fresh seed per run, printed; HOPPER_COMPILE_SEED=N replays it; of 20 draws the one
 whose neighbours vary the most switches) and every kept configuration one switch away from it:
 about 115 distinct compiles on 3.9: by that CPU figure 1-2 minutes on 2 idle cores (measured:
-14 minutes wall on this project's shared 2-core machine at load 10-13). Every switch of every problem is compared against its
-neighbours each run, and the draws move through the space from run to run. Plus witnesses for
-valid()'s compile-based rejections (warp specialisation, the load hints, the shared-memory
-bound), about 20 compiles, which must keep holding on the Triton installed.
+14 minutes wall on this project's shared 2-core machine at load 10-13). Every switch of every
+problem is compared against its neighbours each run, and the draws move through the space from
+run to run. Plus witnesses for valid()'s compile-based rejections (warp specialisation, the
+load hints, the shared-memory bound), about 20 compiles, which must keep holding on the Triton
+installed.
 
 HOPPER_COMPILE_TRITON=DIR (a directory holding another Triton, e.g. the GPU image's 3.6:
 `pip install --no-deps --target DIR triton==3.6.0`) also runs the sampled check against it, in a
