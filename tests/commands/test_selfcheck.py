@@ -154,8 +154,10 @@ def test_gpu_plan_runs_every_value_of_every_tunable(name: str, hopper: None) -> 
 def test_gpu_plan_lists_the_risky_switches(hopper: None) -> None:
     registry = kernels.variants()
     triton_rows = {r.label: r for r in selfcheck.plan(registry["triton_flash"], GPU_PROBLEM)}
-    for label in ("tma=True", "warp_specialize=True", "num_warps=8", "num_stages=3"):
+    for label in ("tma=True", "num_warps=8", "num_stages=3"):
         assert label in triton_rows, sorted(triton_rows)
+    # not offered on sm_90: it fails at 4 warps and changes nothing at 8 (triton_flash.py)
+    assert "warp_specialize=True" not in triton_rows
     assert triton_rows["tma=True"].params["kv_eviction"] == ""  # hints do not apply to TMA loads
     flex_rows = {r.label: r for r in selfcheck.plan(registry["flex"], GPU_PROBLEM)}
     assert flex_rows["BLOCK_M=128"].params["BLOCK_N"] is not None  # flex pairs the tiles
