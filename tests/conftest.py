@@ -34,7 +34,8 @@ TINY = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("TRITON_INTERPRET") != "1":  # they run in a child (tests/kernels/test_triton_flash.py)
+    # interpreter tests run in a child pytest (tests/kernels/test_triton_flash.py)
+    if os.environ.get("TRITON_INTERPRET") != "1":
         interpreted = [item for item in items if item.get_closest_marker("interpreter")]
         if interpreted:
             config.hook.pytest_deselected(items=interpreted)
