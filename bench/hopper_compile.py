@@ -81,8 +81,7 @@ def space_case(problem_name: str, dtype: str, spaces: list[str], overrides: list
     """The triton_flash configurations of `spaces` for one problem in one dtype, on sm_90."""
     import kernels
     from kernels.builtin import _triton_aot as aot
-    from study.config import compose_config, to_container
-    from study.run import problem_from
+    from study.config import compose_config, problem_from, to_container
     from study.space import build_space
 
     registry = kernels.variants()

@@ -87,12 +87,12 @@ def strip_debug(ptx: str) -> str:
 @contextlib.contextmanager
 def as_device(facts: tf.DeviceFacts = SM90) -> Iterator[None]:
     """triton_flash answers valid() as on a CUDA device with these facts (no GPU touched)."""
-    saved = tf._device_facts
-    tf._device_facts = lambda device: facts  # every cuda:N is that device
+    saved = tf.device_facts
+    tf.device_facts = lambda device: facts  # every cuda:N is that device
     try:
         yield
     finally:
-        tf._device_facts = saved
+        tf.device_facts = saved
 
 
 def on_gpu(problem: Problem) -> Problem:
@@ -149,7 +149,7 @@ class Compiler:
 
         self.target = GPUTarget("cuda", arch, 32)
         self.backend = make_backend(self.target)
-        self.fn = tf._flash_fwd
+        self.fn = tf.flash_fwd
         self._binder = _make_binder(self.fn, self.backend)
 
     def source(self, problem: Problem, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -237,7 +237,7 @@ def _attend_range(
 
 
 @_jit
-def _flash_fwd(
+def flash_fwd(
     Q,
     K,
     V,
@@ -362,7 +362,7 @@ def _is_interpreted(fn: Any) -> bool:
 
 
 # Both this kernel and Triton's library functions (tl.zeros, ...) must be in the same mode.
-KERNEL_INTERPRETED = triton is not None and _is_interpreted(_flash_fwd)
+KERNEL_INTERPRETED = triton is not None and _is_interpreted(flash_fwd)
 TRITON_INTERPRETED = triton is not None and _is_interpreted(tl.zeros)
 
 
@@ -379,7 +379,7 @@ class DeviceFacts(NamedTuple):
 
 
 @functools.cache
-def _device_facts(device: str) -> DeviceFacts:
+def device_facts(device: str) -> DeviceFacts:
     """The device's facts; the sm_90 compile check (_triton_aot.as_device) stands in its own.
 
     The shared-memory limit is the one Triton checks at launch (its driver's max_shared_mem);
@@ -418,7 +418,7 @@ def _hopper_reason(problem: Problem, feature: str) -> str | None:
     """None where a Hopper-only switch can apply to `problem`, else why not (no CUDA on CPUs)."""
     if not problem.is_cuda:
         return f"{feature} needs a CUDA GPU of compute capability >= 9 (Hopper)"
-    major, minor = _device_facts(problem.device).capability
+    major, minor = device_facts(problem.device).capability
     if major < 9:
         return f"{feature} needs compute capability >= 9 (Hopper); this GPU is {major}.{minor}"
     return None
@@ -505,7 +505,7 @@ def valid(problem: Problem, **params: Any) -> str | None:
         if reason:
             return reason
     if problem.is_cuda:
-        limit = _device_facts(problem.device).shared_per_block
+        limit = device_facts(problem.device).shared_per_block
         need = shared_bytes(problem, params)
         if limit and need > limit:
             return f"needs {need} B of shared memory per block; this GPU allows {limit} B"
@@ -514,7 +514,7 @@ def valid(problem: Problem, **params: Any) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class LaunchPlan:
-    """Everything of a _flash_fwd launch but the tensors, made once by build().
+    """Everything of a flash_fwd launch but the tensors, made once by build().
 
     The sm_90 compile check (kernels/builtin/_triton_aot.py) compiles from the same plan, so what
     it checks is what build() launches.
@@ -635,7 +635,7 @@ def build(
 
     def run_pointers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = torch.empty(out_shape, dtype=dtype, device=device)
-        _flash_fwd[grid](*plan.pointer_args(q, k, v, out), USE_TMA=False, **consts)
+        flash_fwd[grid](*plan.pointer_args(q, k, v, out), USE_TMA=False, **consts)
         return out
 
     if not tma:
@@ -645,7 +645,7 @@ def build(
         if not (_tma_ready(q) and _tma_ready(k) and _tma_ready(v)):
             return run_pointers(q, k, v)  # TMA cannot address these strides: same kernel, pointers
         out = torch.empty(out_shape, dtype=dtype, device=device)
-        _flash_fwd[grid](*plan.tma_args(q, k, v, out), USE_TMA=True, **consts)
+        flash_fwd[grid](*plan.tma_args(q, k, v, out), USE_TMA=True, **consts)
         return out
 
     return run_tma

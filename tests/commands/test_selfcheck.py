@@ -108,9 +108,9 @@ def hopper(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernels import mutations
     from kernels.builtin import triton_flash
 
-    if hasattr(triton_flash, "_device_facts"):  # capability and shared memory per block
+    if hasattr(triton_flash, "device_facts"):  # capability and shared memory per block
         facts = triton_flash.DeviceFacts((9, 0), 232_448)
-        monkeypatch.setattr(triton_flash, "_device_facts", lambda device: facts)
+        monkeypatch.setattr(triton_flash, "device_facts", lambda device: facts)
     else:
         monkeypatch.setattr(triton_flash, "_capability", lambda device: (9, 0))
     monkeypatch.setattr(mutations, "cudart", lambda: _Bindings())

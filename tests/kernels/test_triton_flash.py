@@ -359,7 +359,7 @@ def test_rows_without_visible_keys_give_zeros_not_nan():
     q, k, v = _inputs(problem, _seed())
     out = torch.full_like(q, float("nan"))
     strides = (*q.stride(), *k.stride(), *v.stride(), *out.stride())
-    triton_flash._flash_fwd[(1, 1)](
+    triton_flash.flash_fwd[(1, 1)](
         q, k, v, out, *strides, 1, 1, problem.seq_q, 0, problem.scale,
         BLOCK_M=32, BLOCK_N=16, HEAD_DIM=32, CAUSAL=True, CAUSAL_SKIP=False, USE_EXP2=True,
         USE_TMA=False, WARP_SPECIALIZE=False, KV_EVICT="", KV_CACHE="", DOT_PRECISION="ieee",
