@@ -105,6 +105,22 @@ def default_memory_limit_gb(device: str) -> float | None:
     return round(pages * size * 0.75 / 1024**3, 1)
 
 
+def _thread_lock_for_tqdm() -> None:
+    """Give tqdm a thread lock before any bar exists in this process.
+
+    tqdm's first bar creates a multiprocessing RLock; in a spawned process that is a named
+    semaphore registered with the study's resource tracker, and a killed worker never
+    unregisters it: the study then ended with `resource_tracker: ... leaked semaphore` (the
+    bar is torch.compile's, drawn inside the compiled variants' build). A thread lock is all a
+    bar needs here.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())
+
+
 def _serve(
     conn: Connection,
     device: str,
@@ -124,6 +140,7 @@ def _serve(
     sys.stdout = sys.stderr = log
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    _thread_lock_for_tqdm()
     import torch
 
     import kernels
