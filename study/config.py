@@ -89,6 +89,8 @@ class BenchConfig:
     target_spread: float = 0.03
     time_cap_s: float = 4.0
     cache: str = "auto"
+    b2b_blocks: int = 4
+    timing: str = "auto"
 
 
 @dataclass
@@ -98,6 +100,7 @@ class StudyConfig:
     timeout_s: float | None = None
     top_k: int = 5
     retime_top_k: int = 3
+    retime_rounds: int = 3
     allow_env_change: bool = False
     patience: int | None = None  # stop after this many trials without improvement
 
@@ -258,6 +261,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(s.top_k >= 1, f"study.top_k must be >= 1, got {s.top_k}")
     _check(s.retime_top_k >= 0, f"study.retime_top_k must be >= 0, got {s.retime_top_k}")
+    _check(s.retime_rounds >= 1, f"study.retime_rounds must be >= 1, got {s.retime_rounds}")
     _check(s.patience is None or s.patience >= 1, f"study.patience must be >= 1, got {s.patience}")
     _check(cfg.worker.timeout_s > 0, f"worker.timeout_s must be > 0, got {cfg.worker.timeout_s}")
     _check(
@@ -278,6 +282,11 @@ def validate(cfg: DictConfig) -> None:
     _check(
         b.cache in ("auto", "cold", "hot"),
         f"bench.cache={b.cache} is not valid; choose one of: auto, cold, hot",
+    )
+    _check(b.b2b_blocks >= 0, f"bench.b2b_blocks must be >= 0, got {b.b2b_blocks}")
+    _check(
+        b.timing in ("auto", "per_call", "back_to_back"),
+        f"bench.timing={b.timing} is not valid; choose one of: auto, per_call, back_to_back",
     )
     _check(
         cfg.sampler.name in group_options("sampler"),

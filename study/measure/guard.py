@@ -148,6 +148,10 @@ def _guarded() -> dict[str, list[tuple[Any, str]]]:
             *((timing, n) for n in ("_perf_counter_ns", "_perf_counter", "_monotonic_ns")),
             *((timing, n) for n in ("_CudaEvent", "_cuda_synchronize", "measure_pair", "Stats")),
             (timing.Timer, "time_call"),
+            (timing.Timer, "time_block"),
+            (timing.Timer, "wake"),
+            (timing.Pair, "fields"),
+            (timing, "bootstrap_ci"),
             (timing.Stats, "of"),
         ],
         "baseline_patched": [

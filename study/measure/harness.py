@@ -278,20 +278,13 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         result["error"] = f"timing failed: {one_line(exc, lines=None, typed=True)}"
         result["traceback"] = traceback.format_exc(limit=6)
         return result
-    cand, base = pair.candidate, pair.baseline
+    cand = pair.candidate
     if lingering:
         result["threads_left"] = lingering
 
+    result.update(pair.fields())  # timing.Pair.fields: medians, paired speedup, its interval
     result.update(
         status="ok",
-        latency_us=cand.median_us,
-        latency_iqr_us=cand.iqr_us,
-        latency_min_us=cand.min_us,
-        reps=cand.reps,
-        baseline_latency_us=base.median_us,
-        baseline_latency_iqr_us=base.iqr_us,
-        speedup=pair.speedup,
-        paired_speedup=pair.paired_speedup,
         spot_checks=spot.checked,
         gate_sets=report.sets,
         tflops=problem.flops() / (cand.median_us * 1e-6) / 1e12,

@@ -95,13 +95,99 @@ def test_repetitions_stop_at_the_spread_the_cap_or_max_reps(target, cap, expecte
 
 
 def test_time_in_hooks_does_not_count_against_the_cap() -> None:
-    bench = BENCH | {"target_spread": 0.0, "time_cap_s": 0.1, "max_reps": 8, "warmup": 0}
+    bench = BENCH | {"target_spread": 0.0, "time_cap_s": 0.5, "max_reps": 8, "warmup": 0}
     pair = timing.measure_pair(
         PROBLEM,
         sleeper(0),
         sleeper(0),
         buffers(1),
         bench,
-        before_rep=lambda rep, i: time.sleep(0.05),
+        before_rep=lambda rep, i: time.sleep(0.25),
     )
-    assert pair.candidate.reps == 8  # 8 x 50 ms in hooks, far past the 100 ms cap
+    # 8 x 250 ms in hooks, far past the 500 ms cap (the calls and the pool wake-ups that are
+    # counted took tens of milliseconds each on a 2-core machine under a load of 13)
+    assert pair.candidate.reps == 8
+
+
+def test_bootstrap_interval_is_seeded_and_resamples_within_rounds() -> None:
+    ratios = [1.0] * 5 + [2.0] * 5
+    rounds = [0] * 5 + [1] * 5
+    # every stratified draw keeps five of each round: its median is always 1.5
+    assert timing.bootstrap_ci(ratios, rounds) == (1.5, 1.5)
+    lo, hi = timing.bootstrap_ci(ratios)  # pooled: some draws hold more of one round
+    assert (lo, hi) == (1.0, 2.0) and timing.bootstrap_ci(ratios) == (lo, hi)
+    assert timing.bootstrap_ci([1.2]) == (1.2, 1.2)
+    assert all(v != v for v in timing.bootstrap_ci([]))  # nan: nothing measured
+    gen = torch.Generator().manual_seed(0)
+    noisy = (1.3 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
+    narrow, wide = timing.bootstrap_ci(noisy), timing.bootstrap_ci(noisy[:20])
+    assert narrow[0] < 1.3 < narrow[1] and wide[1] - wide[0] > narrow[1] - narrow[0]
+
+
+def test_back_to_back_blocks_follow_the_repetitions() -> None:
+    log: list[str] = []
+    seen: list[tuple[int, int]] = []
+    outputs: list[int] = []
+    bench = BENCH | {"b2b_blocks": 2, "warmup": 0}
+    pair = timing.measure_pair(
+        PROBLEM,
+        sleeper(0.004, log, "c"),
+        sleeper(0.001, log, "b"),
+        buffers(3),
+        bench,
+        on_output=lambda index, out: outputs.append(index),
+        before_rep=lambda rep, index: seen.append((rep, index)),
+    )
+    reps = BENCH["min_reps"]
+    calls = timing.BLOCK_CALLS[0]  # a 4 ms call is longer than a block's 2 ms target
+    assert pair.block_calls == calls and len(pair.block_cand_us) == len(pair.block_base_us) == 2
+    assert log[2 * reps :] == ["c"] * calls + ["b"] * calls + ["b"] * calls + ["c"] * calls
+    assert seen[reps:] == [(reps, reps % 3), (reps + 1, (reps + 1) % 3)]
+    assert outputs[reps:] == [reps % 3, (reps + 1) % 3]  # each candidate block's last output
+    assert min(pair.block_cand_us) >= 4000 and min(pair.block_base_us) >= 1000
+    fields = pair.fields()
+    assert fields["b2b_calls"] == calls and fields["timing"] == "per_call"
+    assert fields["b2b_speedup"] < 1 and len(fields["blocks_us"]) == 2
+    assert len(fields["pairs_us"]) == reps and fields["paired_speedup"] < 1
+
+
+def test_value_timing_per_problem() -> None:
+    small = Problem(1, 8, 8, 512, 512, 64, dtype="float16", device="cuda")
+    prefill = Problem(1, 32, 8, 4096, 4096, 128, dtype="bfloat16", causal=True, device="cuda")
+    assert timing.value_timing({}, small) == "back_to_back"
+    assert timing.value_timing({}, prefill) == "per_call"
+    assert timing.value_timing({}, PROBLEM) == "per_call"  # the CPU: per call, pool woken
+    assert timing.value_timing({"timing": "back_to_back"}, PROBLEM) == "back_to_back"
+
+
+def test_the_order_of_a_pair_is_measured() -> None:
+    """A clock on which the baseline is 3x slower right after the candidate than after itself."""
+
+    class OrderTimer:
+        last = ""
+
+        def time_call(self, fn, args):
+            side = fn(*args)
+            us = 100.0 if side == "c" else (300.0 if self.last == "c" else 100.0)
+            self.last = side
+            return us, side
+
+    pair = timing.measure_pair(
+        PROBLEM, lambda *a: "c", lambda *a: "b", buffers(2), BENCH, timer=OrderTimer()
+    )
+    assert pair.fields()["baseline_order_ratio"] == 3.0
+
+
+def test_the_wake_touches_every_pool_thread() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        timer = timing.Timer(PROBLEM, cold_cache=False)
+        assert timer.wake_buffer is not None
+        assert timer.wake_buffer.numel() == 2 * timing.WAKE_BYTES_PER_THREAD
+        timer.wake()
+        assert int(timer.wake_buffer.min()) == int(timer.wake_buffer.max()) == 1
+        torch.set_num_threads(1)
+        assert timing.Timer(PROBLEM, cold_cache=False).wake_buffer is None
+    finally:
+        torch.set_num_threads(before)
