@@ -1,8 +1,18 @@
 """The Optuna objective: params -> effective candidate -> worker -> trial state and user attrs.
 
-The value minimised is the candidate's median latency in microseconds (`latency_us`): absolute
-time is what a user wants to minimise, and it keeps CUDA-graph candidates comparable with eager
-ones. Each trial also stores the SDPA baseline measured beside it and the ratio (`speedup`).
+The value minimised (`value_us`) comes from the paired measurement: the reference SDPA latency
+of the study on this device model divided by the trial's paired speedup (the median of the
+per-pair ratios baseline/candidate, study/measure/timing.py). A machine whose speed drifts
+(neighbours, clocks, thermals; several cards of one model) moves both sides of every pair, so a
+trial measured in a slow minute ranks where it would in a quiet one, and one worker per GPU
+normalises by its own card; it is still a latency in microseconds (what the candidate takes
+when SDPA takes the reference), comparable across variants and CUDA-graph candidates alike.
+The reference (`reference_baseline_us`, in the study's user attrs per device model and timing)
+is the fastest SDPA repetition of the first trial measured there (its least loaded moment, so
+that the value is near the candidate's latency on a quiet machine), fixed from then on; every
+trial records the reference its value used. The raw figures (`latency_us`,
+`baseline_latency_us`, `speedup`) are kept as user attrs, with the 95% bootstrap interval of the
+paired speedup (`speedup_ci`).
 
 States: COMPLETE (correct and timed), PRUNED (ran but incorrect: `rejected_by`), FAIL (could
 not be built or run: `error`). An effective candidate already measured in this study is not
@@ -11,6 +21,8 @@ measured again: the trial copies the earlier verdict and names it in `duplicate_
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +30,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kernels import Problem
+from study.measure import timing
+from study.measure.env import device_slug
 from study.measure.worker import Worker, evaluate_task
 from study.space import Candidate, SearchSpace
 
@@ -37,6 +51,7 @@ RESULT_ATTRS = (
     "latency_min_us",
     "baseline_latency_us",
     "baseline_latency_iqr_us",
+    "baseline_latency_min_us",
     "speedup",
     "tflops",
     "rel_err",
@@ -48,11 +63,44 @@ RESULT_ATTRS = (
     "paired_speedup",
     "spot_checks",
     "gate_sets",
+    "value_us",
+    "reference_baseline_us",
+    "speedup_ci",
+    "baseline_order_ratio",
+    "timing",
+    "latency_b2b_us",
+    "baseline_latency_b2b_us",
+    "b2b_speedup",
+    "b2b_speedup_ci",
+    "b2b_calls",
 )
+# What a study's value is (stored with the study; a study of another objective is not resumed).
+OBJECTIVE = "value_us: reference SDPA latency / paired speedup, microseconds"
+REFERENCE_ATTR = "reference_baseline_us"
+_REFERENCE_LOCK = threading.Lock()  # one study process, several workers: one reference
 
 
 class CandidateFailed(Exception):
     """The candidate could not be built or run; the trial ends FAIL with `error`."""
+
+
+def reference_key(device_name: str, timing_mode: str) -> str:
+    """The key of a study's reference baseline: the device model's slug and the timing."""
+    return f"{device_slug({'device_name': device_name})}/{timing_mode}"
+
+
+def study_reference(study: optuna.Study, key: str, measured_us: float) -> float:
+    """The study's reference SDPA latency for `key`; the first call sets it to `measured_us`.
+
+    Serialised within one process; two machines whose first trials end at the same moment may
+    both set it, and the last write stays: each trial records the reference its value used.
+    """
+    with _REFERENCE_LOCK:
+        known = dict(study.user_attrs.get(REFERENCE_ATTR, {}))
+        if key not in known:
+            known[key] = float(measured_us)
+            study.set_user_attr(REFERENCE_ATTR, known)
+        return float(known[key])
 
 
 def trial_seed(base_seed: int, number: int) -> int:
@@ -82,6 +130,7 @@ class Objective:
         self.extra_attrs = extra_attrs or {}
         self.on_result = on_result
         self.build_timeout_s = build_timeout_s
+        self.references: dict[str, float] = {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         encoded = self.space.suggest(trial)
@@ -153,10 +202,21 @@ class Objective:
         if self.on_result is not None:
             self.on_result(None, result)
         if status == "ok":
+            speedup, _ = timing.chosen(result)
+            if not (math.isfinite(speedup) and speedup > 0):
+                raise CandidateFailed("timing gave no usable pair of repetitions")
+            mode = str(result.get("timing", "per_call"))
+            key = reference_key(str(self.extra_attrs.get("device_name", "unknown")), mode)
+            if key not in self.references:  # fixed once set: read from the storage once
+                self.references[key] = study_reference(
+                    trial.study, key, timing.reference_figure(result)
+                )
+            reference = self.references[key]
+            result = result | {"value_us": reference / speedup, "reference_baseline_us": reference}
             for name in RESULT_ATTRS:
                 if name in result:
                     trial.set_user_attr(name, result[name])
-            return float(result["latency_us"])
+            return float(result["value_us"])
         if "build_s" in result:
             trial.set_user_attr("build_s", result["build_s"])
         if status == "rejected":

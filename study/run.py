@@ -2,7 +2,8 @@
 
 config -> worker on the device -> search space (what the device can run) -> storage and study
 (resumed when it exists, refused when the environment differs) -> sampler -> objective trials
--> top-k re-timed in a fresh worker -> table in the terminal, run folder on disk.
+-> top-k re-timed, each in its own fresh worker (study/retime.py) -> the verdict
+(study/results/verdict.py), first in the terminal, report and dashboard note -> run folder.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from study.config import expand_sweeps, load, to_container
 from study.errors import UserError
 from study.measure.env import device_slug, differences
 from study.measure.worker import Worker, evaluate_task
-from study.objective import CandidateFailed, Objective, call_timeout, trial_seed
+from study.objective import OBJECTIVE, CandidateFailed, Objective
 from study.pool import PooledObjective, resolve_devices, shared_warnings, start_all
-from study.results import dispatch, plots, publish, report
+from study.results import dispatch, plots, publish, report, verdict
+from study.retime import retime
 from study.search import make_sampler
 from study.search.callbacks import Patience
 from study.space import Candidate, SearchSpace, SpaceError, build_space
@@ -68,11 +70,17 @@ def open_study(cfg: Any, space: SearchSpace, env: dict[str, Any], problem: Probl
         "env": env,
         "problem": problem.to_dict() | {"signature": problem.signature()},
         "space": {"name": cfg.space.name, "digest": space.digest(), "describe": space.describe()},
-        "objective": "latency_us: median candidate latency, microseconds",
+        "objective": OBJECTIVE,
     }
     # Created once, joined by every other worker (many may start at the same moment).
     study, created = join_study(storage, name, sampler, attrs)
     if not created:
+        stored = study.user_attrs.get("objective")
+        if stored != OBJECTIVE:
+            raise EnvironmentMismatch(
+                f"study '{name}' minimised another value ({stored}); its trials do not rank "
+                "with this version's; pick a new study.name"
+            )
         changed = differences(study.user_attrs.get("env", {}), env)
         if changed and not cfg.study.allow_env_change:
             raise EnvironmentMismatch(
@@ -97,49 +105,15 @@ class Progress:
             "fail": self.states["FAIL"],
         }
         best = report.measured_complete(study)
-        if best:
+        figures = verdict.measured(best[0].user_attrs) if best else None
+        if best and figures:
             postfix["best_us"] = f"{best[0].value:.1f}"
-            postfix["speedup"] = f"{best[0].user_attrs.get('speedup', 0):.2f}x"
+            postfix["speedup"] = f"{figures[0]:.2f}x"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
-
-
-def retime(
-    rows: list[dict[str, Any]],
-    problem: Problem,
-    bench: dict[str, Any],
-    cfg: Any,
-    run_dir: Path,
-    seed: int,
-    plugins: list[str],
-) -> dict[int, dict[str, Any]]:
-    """Time the best candidates again in a fresh worker, with fresh inputs."""
-    worker = Worker(
-        problem.device, plugins, run_dir / "retime.log", cfg.worker.get("memory_limit_gb")
-    )
-    again: dict[int, dict[str, Any]] = {}
-    try:
-        for row in rows:
-            task = evaluate_task(
-                problem,
-                row["spec"],
-                bench,
-                trial_seed(seed + 1, row["trial"]),
-                f"re-time trial {row['trial']}",
-            )
-            tags = getattr(kernels.variants().get(row["spec"]["variant"]), "tags", ())
-            timeout = call_timeout(
-                tags, float(cfg.worker.timeout_s), float(cfg.worker.build_timeout_s)
-            )
-            result = worker.call("evaluate", task, timeout)
-            result.pop("log", None)
-            again[row["trial"]] = result
-    finally:
-        worker.stop()
-    return again
 
 
 def sdpa_panel(
@@ -246,11 +220,22 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
 
     rows = report.top_k(study, int(cfg.study.top_k))
     again = retime(
-        rows[: int(cfg.study.retime_top_k)], problem, bench, cfg, run_dir, int(cfg.seed), plugins
+        rows[: int(cfg.study.retime_top_k)],
+        problem,
+        bench,
+        run_dir,
+        int(cfg.seed),
+        plugins,
+        int(cfg.study.retime_rounds),
+        float(cfg.worker.timeout_s),
+        cfg.worker.get("memory_limit_gb"),
+        float(cfg.worker.build_timeout_s),
     )
+    answer = verdict.decide(rows[: int(cfg.study.retime_top_k)] or rows[:1], again).to_dict()
     ranking = report.ranking_verdict(rows, again)
     notes = report.flags(rows)
     state_counts = report.counts(study)
+    print(answer["sentence"])
     print(report.table(rows, again))
     print(ranking)
     for note in notes:
@@ -263,6 +248,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         "states": state_counts,
         "top_k": rows,
         "retimed": again,
+        "verdict": answer,
         "ranking": ranking,
         "sdpa_backends": panel,
         "flags": notes,
@@ -290,12 +276,13 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         default_pick=default_pick,
         figures=figures,
         trials_this_run=int(cfg.study.n_trials),
+        verdict=answer,
     )
     report.write_run_folder(run_dir, results, markdown, OmegaConf.to_yaml(cfg))
     note = report.note_markdown(
-        study.study_name, env, state_counts, rows, again, ranking, run_dir, default_pick
+        study.study_name, env, state_counts, rows, again, ranking, run_dir, default_pick, answer
     )
-    publish.publish(study, note, plugins, again)
+    publish.publish(study, note, plugins, again, answer)
     print(f"run folder: {run_dir}")
     return 0
 

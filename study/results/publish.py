@@ -1,6 +1,7 @@
 """What a run publishes for the dashboard (study/dashboard.py serves it).
 
-Each study's Markdown note (summary table and environment, rewritten at the end of every run),
+Each study's Markdown note (the verdict, the summary table and the environment, rewritten at the
+end of every run; the verdict and the re-timing are kept in the study's user attrs too),
 and, per FAIL or PRUNED trial that ran, its full worker log as a trial artifact in a
 FileSystemArtifactStore (`LogArtifacts` wraps the objective: an artifact can only be attached
 while the trial is still running). The store is `artifacts/` beside a SQLite file, else
@@ -22,6 +23,24 @@ import optuna
 log = logging.getLogger(__name__)
 
 DEFAULT_ARTIFACTS = Path("outputs/artifacts")
+# what the study keeps of each re-timed candidate (study/retime.py summarise)
+RETIMED_KEYS = (
+    "status",
+    "error",
+    "rejected_by",
+    "latency_us",
+    "baseline_latency_us",
+    "speedup",
+    "paired_speedup",
+    "speedup_ci",
+    "timing",
+    "latency_b2b_us",
+    "baseline_latency_b2b_us",
+    "b2b_speedup",
+    "b2b_speedup_ci",
+    "rounds",
+    "round_speedups",
+)
 
 
 def artifacts_dir_for(storage_url: str) -> Path:
@@ -54,23 +73,25 @@ def publish(
     note: str,
     plugins: list[str],
     retimed: dict[int, dict[str, Any]],
+    verdict: dict[str, Any] | None = None,
 ) -> None:
-    """End of a run: the study's note, the plugin files it used, the last re-timing."""
+    """End of a run: the study's note, the plugin files it used, the last re-timing and the
+    verdict (`study.export` follows it)."""
     try:
         save_note(study, note)
         with warnings.catch_warnings():  # set_metric_names is marked experimental
             warnings.simplefilter("ignore")
-            study.set_metric_names(["latency_us"])  # the dashboard's axis label
+            study.set_metric_names(["value_us"])  # the dashboard's axis label
     except Exception as exc:
         log.warning("could not save the dashboard note: %s", exc)
     known = list(study.user_attrs.get("plugins", []))
     study.set_user_attr("plugins", known + [p for p in plugins if p not in known])
     last = dict(study.user_attrs.get("retimed", {}))
     for number, result in retimed.items():
-        last[str(number)] = {
-            k: result.get(k) for k in ("status", "latency_us", "baseline_latency_us", "speedup")
-        }
+        last[str(number)] = {k: result[k] for k in RETIMED_KEYS if k in result}
     study.set_user_attr("retimed", last)
+    if verdict is not None:
+        study.set_user_attr("verdict", verdict)
 
 
 def log_section(text: str, number: int) -> str | None:

@@ -8,15 +8,37 @@ written here comes from a trial or a re-timing of this study; nothing is typed i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from study.results import verdict as judge
 from study.results.dispatch import closest_by_timing
+from study.results.verdict import interval_text
 
 SUSPICIOUS_SPEEDUP = 10.0
+ORDER_EFFECT = 1.5  # flag a baseline whose time moved this much with the call before it
+# per-trial figures that the table, the verdict and results.json read from a trial's attrs
+ROW_KEYS = (
+    "value_us",
+    "latency_us",
+    "latency_iqr_us",
+    "baseline_latency_us",
+    "speedup",
+    "paired_speedup",
+    "speedup_ci",
+    "timing",
+    "latency_b2b_us",
+    "baseline_latency_b2b_us",
+    "b2b_speedup",
+    "b2b_speedup_ci",
+    "baseline_order_ratio",
+    "tflops",
+    "rel_err",
+)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -41,7 +63,7 @@ def measured(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def measured_complete(study: optuna.Study) -> list[FrozenTrial]:
-    """The measured COMPLETE trials, best (lowest latency) first."""
+    """The measured COMPLETE trials, best (lowest value: highest paired speedup) first."""
     return sorted(measured(study), key=lambda t: t.value)  # type: ignore[arg-type, return-value]
 
 
@@ -52,13 +74,7 @@ def row_of(trial: FrozenTrial) -> dict[str, Any]:
         "candidate": attrs.get("label", attrs.get("variant")),
         "variant": attrs.get("variant"),
         "spec": attrs.get("spec"),
-        "latency_us": attrs.get("latency_us"),
-        "latency_iqr_us": attrs.get("latency_iqr_us"),
-        "baseline_latency_us": attrs.get("baseline_latency_us"),
-        "speedup": attrs.get("speedup"),
-        "tflops": attrs.get("tflops"),
-        "rel_err": attrs.get("rel_err"),
-    }
+    } | {k: attrs.get(k) for k in ROW_KEYS}
 
 
 def top_k(study: optuna.Study, k: int) -> list[dict[str, Any]]:
@@ -74,39 +90,36 @@ def _fmt(value: Any, spec: str) -> str:
         return str(value)
 
 
+def _interval(result: dict[str, Any] | None) -> str:
+    figures = judge.measured(result)
+    return interval_text(*figures) if figures else "-"
+
+
 def table(rows: list[dict[str, Any]], retimed: dict[int, dict[str, Any]] | None = None) -> str:
     """A plain-text table (terminal and Markdown alike)."""
-    header = [
-        "#",
-        "trial",
-        "candidate",
-        "latency us",
-        "IQR us",
-        "SDPA us",
-        "speedup",
-        "TFLOP/s",
-        "rel err",
-    ]
+    header = ["#", "trial", "candidate", "value us", "latency us", "SDPA us"]
+    header += ["paired speedup [95% CI]", "TFLOP/s", "rel err"]
     if retimed:
-        header += ["re-timed us", "re-timed speedup"]
+        header += ["re-timed [95% CI]", "rounds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for rank, row in enumerate(rows, 1):
         cells = [
             str(rank),
             str(row["trial"]),
             str(row["candidate"]),
+            _fmt(row.get("value_us"), ".1f"),
             _fmt(row["latency_us"], ".1f"),
-            _fmt(row["latency_iqr_us"], ".1f"),
             _fmt(row["baseline_latency_us"], ".1f"),
-            _fmt(row["speedup"], ".3f") + "x" if row["speedup"] else "-",
+            _interval(row),
             _fmt(row["tflops"], ".3g"),
             _fmt(row["rel_err"], ".1e"),
         ]
         if retimed:
             again = retimed.get(row["trial"], {})
+            ok = again.get("status") == "ok"
             cells += [
-                _fmt(again.get("latency_us"), ".1f"),
-                _fmt(again.get("speedup"), ".3f") + "x" if again.get("speedup") else "-",
+                _interval(again) if ok else str(again.get("status", "-")),
+                _fmt(again.get("rounds"), "d"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -114,12 +127,29 @@ def table(rows: list[dict[str, Any]], retimed: dict[int, dict[str, Any]] | None 
 
 def flags(rows: list[dict[str, Any]]) -> list[str]:
     """Results that deserve suspicion before anyone quotes them."""
-    return [
-        f"trial {row['trial']}: speedup {row['speedup']:.1f}x over SDPA is above "
-        f"{SUSPICIOUS_SPEEDUP:.0f}x: check it by hand before quoting it"
-        for row in rows
-        if row["speedup"] and row["speedup"] > SUSPICIOUS_SPEEDUP
-    ]
+    notes = []
+    for row in rows:
+        figures = judge.measured(row)
+        speedup = figures[0] if figures else None
+        if speedup and speedup > SUSPICIOUS_SPEEDUP:
+            notes.append(
+                f"trial {row['trial']}: speedup {speedup:.1f}x over SDPA is above "
+                f"{SUSPICIOUS_SPEEDUP:.0f}x: check it by hand before quoting it"
+            )
+        b2b, paired = row.get("b2b_speedup_ci"), row.get("speedup_ci")
+        if b2b and paired and b2b[0] > 2 * paired[1]:
+            notes.append(
+                f"trial {row['trial']}: back to back {interval_text(row['b2b_speedup'], b2b)} "
+                f"but {interval_text(row['paired_speedup'], paired)} per call: "
+                "a block repeats its inputs, so a candidate that memoises gains there; check it"
+            )
+        order = row.get("baseline_order_ratio")
+        if order and math.isfinite(order) and max(order, 1 / order) > ORDER_EFFECT:
+            notes.append(
+                f"trial {row['trial']}: SDPA took {order:.2f}x as long after the candidate as "
+                "after itself: the order of the pair mattered (machine load?)"
+            )
+    return notes
 
 
 def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]) -> str:
@@ -130,14 +160,57 @@ def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]
     failed = [t for t, res in timed if res.get("status") != "ok"]
     if failed:
         return f"re-timing: trials {failed} did not pass again in a fresh worker: do not trust them"
-    order = [t for t, _ in sorted(timed, key=lambda item: item[1]["latency_us"])]
+    speedups = {t: (judge.measured(res) or (0.0, []))[0] for t, res in timed}
+    order = sorted(speedups, key=lambda t: -speedups[t])
     first = [t for t, _ in timed]
     if order == first:
-        return f"re-timing: the ranking of the top {len(timed)} held in a fresh worker"
+        return f"re-timing: the ranking of the top {len(timed)} held, each in a fresh worker"
     return (
-        f"re-timing: the ranking changed in a fresh worker (was {first}, now {order}); "
+        f"re-timing: the ranking changed, each in a fresh worker (was {first}, now {order}); "
         "the top candidates are within noise of each other"
     )
+
+
+VALUE_TEXT = (
+    "Value: reference SDPA latency / paired speedup (us). Paired speedup: median over the "
+    "trial's pairs (SDPA and candidate interleaved on the same buffers) of SDPA / candidate, "
+    "with its 95% bootstrap interval; latency and SDPA: the raw medians of the same trial."
+)
+TIMING_TEXT = {
+    "per_call": "per call (GPU: device time of one call after an L2 flush; CPU: host time of "
+    "one call, the thread pool woken first)",
+    "back_to_back": "back to back (blocks of calls with nothing between them: what a model "
+    "calling attention in a loop sees, launch overhead included; chosen on a GPU for a "
+    "launch-bound problem)",
+}
+
+
+def timing_line(rows: list[dict[str, Any]]) -> str:
+    modes = sorted({str(r.get("timing") or "per_call") for r in rows})
+    said = "; ".join(TIMING_TEXT.get(m, m) for m in modes) or TIMING_TEXT["per_call"]
+    return f"Timing of the value: {said}."
+
+
+def back_to_back_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Both timings of each top row, where back-to-back blocks were timed."""
+    timed = [r for r in rows if r.get("b2b_speedup") is not None]
+    if not timed:
+        return []
+    lines = [
+        "Per call and back to back (us per call, candidate / SDPA; paired speedups):",
+        "",
+        "| trial | per call | back to back | per-call speedup | back-to-back speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for r in timed:
+        lines.append(
+            f"| {r['trial']} | {_fmt(r['latency_us'], '.1f')} / "
+            f"{_fmt(r['baseline_latency_us'], '.1f')} | {_fmt(r['latency_b2b_us'], '.1f')} / "
+            f"{_fmt(r['baseline_latency_b2b_us'], '.1f')} | "
+            f"{interval_text(r['paired_speedup'], r['speedup_ci'])} | "
+            f"{interval_text(r['b2b_speedup'], r['b2b_speedup_ci'])} |"
+        )
+    return lines + [""]
 
 
 def write_run_folder(
@@ -211,11 +284,15 @@ def markdown_report(
     default_pick: dict[str, Any] | None = None,
     figures: dict[str, Any] | None = None,
     trials_this_run: int | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> str:
     """report.md: every figure in it was measured in this study or this run."""
     import shlex
 
+    verdict = verdict or {}
     lines = [f"# kernel-study report: {name}", ""]
+    if verdict.get("sentence"):
+        lines += [f"**{verdict['sentence']}**", ""]
     lines += ["## Environment", ""] + environment_lines(env) + [""]
     lines += [
         "## Problem",
@@ -256,22 +333,18 @@ def markdown_report(
     near = closest_by_timing(panel)
     if near:
         lines.append(f"Nearest explicit backend by latency in the table above: {near}.")
-    lines += [
-        "",
-        "## Top candidates (value: median latency; speedup: SDPA default / candidate, same trial)",
-        "",
-        table(rows, again),
-        "",
-        ranking,
-        "",
-    ]
-    if rows:
-        spec = rows[0]["spec"]
+    lines += ["", "## Top candidates", "", VALUE_TEXT, "", timing_line(rows), ""]
+    lines += [table(rows, again), "", ranking, ""]
+    lines += back_to_back_lines(rows)
+    chosen = [r for r in rows if r["trial"] == verdict.get("trial")] or rows[:1]
+    if chosen:
+        spec = chosen[0]["spec"]
         args = reproduce_overrides(overrides, spec, problem.name, problem.signature())
+        what = "winner" if verdict.get("kind") == "winner" else "best alternative"
         lines += [
-            "## Reproduce the winner",
+            f"## Reproduce the {what}",
             "",
-            f"Winner: trial {rows[0]['trial']}, `{json.dumps(spec, sort_keys=True)}`. "
+            f"The {what}: trial {chosen[0]['trial']}, `{json.dumps(spec, sort_keys=True)}`. "
             "This measures that one candidate in a new study:",
             "",
             "```",
@@ -305,13 +378,15 @@ def note_markdown(
     ranking: str,
     run_dir: Any,
     default_pick: dict[str, Any] | None = None,
+    verdict: dict[str, Any] | None = None,
 ) -> str:
-    """The dashboard note of a study: the summary table and the environment, as of the last run."""
+    """The dashboard note of a study: the verdict, the summary table and the environment, as of
+    the last run."""
     pick = (default_pick or {}).get("backend")
-    lines = [
-        f"## {name}",
-        "",
-        "Value: median latency (us). Speedup: SDPA default / candidate, same trial.",
+    sentence = (verdict or {}).get("sentence")
+    lines = [f"## {name}", ""] + ([f"**{sentence}**", ""] if sentence else [])
+    lines += [
+        VALUE_TEXT,
         "",
         table(rows, again),
         "",

@@ -76,6 +76,9 @@ def test_api_serves_our_attrs_note_and_logs(finished_study):  # noqa: F811
     assert "| # | trial | candidate |" in note and "### Environment" in note
     best = min(t.value for t in finished_study.study.trials if t.value is not None)
     assert f"{best:.1f}" in note
+    # ... opened by the verdict, as the console and report.md are
+    sentence = finished_study.study.user_attrs["verdict"]["sentence"]
+    assert note.splitlines()[2] == f"**{sentence}**"
 
 
 def test_cli_refuses_bad_arguments(tmp_path, capsys):

@@ -20,6 +20,12 @@ COMPLETE_ATTRS = (
     "speedup",
     "tflops",
     "rel_err",
+    "value_us",
+    "reference_baseline_us",
+    "paired_speedup",
+    "speedup_ci",
+    "baseline_order_ratio",
+    "timing",
 )
 
 
@@ -44,13 +50,21 @@ def test_study_runs_resumes_and_records(tmp_path):
     )
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete
+    # one reference per device model and timing: the first measured trial's fastest SDPA call
+    ((key, reference),) = study.user_attrs["reference_baseline_us"].items()
+    assert key.endswith("/per_call")
+    first = min((t for t in complete if t.user_attrs["measured"]), key=lambda t: t.number)
+    assert reference == first.user_attrs["baseline_latency_min_us"]
     for t in complete:
         for name in COMPLETE_ATTRS:
             assert name in t.user_attrs, (t.number, name)
-        assert t.value == t.user_attrs["latency_us"] > 0
-        assert t.user_attrs["speedup"] == pytest.approx(
-            t.user_attrs["baseline_latency_us"] / t.user_attrs["latency_us"]
-        )
+        # the value: the study's reference SDPA latency / the trial's paired speedup
+        attrs = t.user_attrs
+        assert attrs["reference_baseline_us"] == reference > 0
+        assert t.value == attrs["value_us"] == pytest.approx(reference / attrs["paired_speedup"])
+        assert attrs["speedup"] == pytest.approx(attrs["baseline_latency_us"] / attrs["latency_us"])
+        lo, hi = attrs["speedup_ci"]
+        assert lo <= attrs["paired_speedup"] <= hi
         assert t.user_attrs["rel_err"] < 1e-3
     for t in study.trials:
         assert "variant" in t.user_attrs
@@ -64,9 +78,15 @@ def test_study_runs_resumes_and_records(tmp_path):
     (folder,) = _run_folders(tmp_path)
     results = json.loads((folder / "results.json").read_text())
     assert results["study"] == study.study_name
-    assert results["top_k"][0]["latency_us"] == min(
+    assert results["top_k"][0]["value_us"] == min(
         t.value for t in complete if t.user_attrs["measured"]
     )
+    assert results["verdict"]["sentence"] == proc.stdout.splitlines()[0]
+    assert results["verdict"]["kind"] in ("winner", "keep_sdpa")
+    assert len(results["retimed"]) == 2  # study.retime_top_k=2
+    for again in results["retimed"].values():
+        assert again["rounds"] == 3 and again["status"] == "ok", again
+        assert len(again["round_speedups"]) == 3
     assert (folder / "config.yaml").read_text().count("seq_q: 64") == 1
     assert "## Top candidates" in (folder / "report.md").read_text()
 

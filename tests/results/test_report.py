@@ -106,6 +106,16 @@ def test_report_shows_measured_figures_only(finished_study):
     best = complete[0]
     assert results["top_k"][0]["trial"] == best.number
     assert f"| 1 | {best.number} | {best.user_attrs['label']} | {best.value:.1f} |" in text
+    # the report, the console and the study open with the same verdict
+    verdict = results["verdict"]
+    assert text.splitlines()[2] == f"**{verdict['sentence']}**"
+    assert finished_study.stdout.splitlines()[0] == verdict["sentence"]
+    assert finished_study.study.user_attrs["verdict"] == verdict
+    assert verdict["trial"] in [r["trial"] for r in results["top_k"][:2]]  # retime_top_k=2
+    if verdict["kind"] == "winner":
+        assert verdict["ci"][0] > 1 and verdict["retimed_ci"][0] > 1
+    else:
+        assert verdict["sentence"].startswith("default SDPA is the fastest correct choice here")
 
 
 def test_figures_exist_and_are_not_empty(finished_study):
@@ -132,7 +142,8 @@ def test_printed_command_reproduces_the_winner(finished_study, tmp_path):
     shutil.copy(finished_study.cwd / "outputs" / "studies.db", tmp_path / "outputs")
     proc = run_study(tmp_path, *argv[3:])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    winner = report.measured_complete(finished_study.study)[0]
+    number = finished_study.study.user_attrs["verdict"]["trial"]  # the winner or best alternative
+    (winner,) = [t for t in finished_study.study.trials if t.number == number]
     name = [a for a in argv if a.startswith("study.name=")][-1].split("=", 1)[1]
     again = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/outputs/studies.db")
     (trial,) = again.trials

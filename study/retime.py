@@ -1,0 +1,113 @@
+"""Re-timing the study's best candidates before a verdict names one.
+
+Each candidate is re-timed in its own fresh worker process (nothing the study's worker compiled,
+cached or leaked carries over), in `rounds` paired measurements against SDPA with fresh inputs
+each (every round builds, gates and times again). The rounds' pairs are pooled: the re-timed
+paired speedup is their median, its 95% interval a bootstrap that resamples within each round
+(study/measure/timing.py `bootstrap_ci`). A candidate that fails or is rejected in any round is
+reported as such and never confirmed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import kernels
+from kernels import Problem
+from study.measure import timing
+from study.measure.worker import Worker, evaluate_task
+from study.objective import call_timeout, trial_seed
+
+KEPT = ("status", "error", "rejected_by", "detail", "variant", "timing")
+
+
+def _pooled(rounds: list[dict[str, Any]], key: str) -> tuple[list[float], list[int]]:
+    """The ratios baseline/candidate of every pair of every round, and each one's round."""
+    ratios: list[float] = []
+    groups: list[int] = []
+    for number, result in enumerate(rounds):
+        for cand, base in result.get(key, []):
+            if cand > 0:
+                ratios.append(base / cand)
+                groups.append(number)
+    return ratios, groups
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One re-timed candidate: its rounds' results -> one result with a pooled interval.
+
+    The keys are a trial's (`latency_us`, `baseline_latency_us`: medians over the rounds'
+    medians; `speedup`: their ratio; `paired_speedup`, `speedup_ci`: pooled pairs), so that
+    `timing.chosen` reads a summary as it reads a trial; plus `rounds` and `round_speedups`.
+    """
+    if not rounds:
+        return {"status": "error", "error": "not re-timed", "rounds": 0}
+    for result in rounds:
+        if result.get("status") != "ok":
+            failed = {k: result[k] for k in KEPT if k in result}
+            return failed | {"rounds": len(rounds)}
+    out: dict[str, Any] = {k: rounds[0][k] for k in KEPT if k in rounds[0]}
+    out["rounds"] = len(rounds)
+    for key in ("latency_us", "baseline_latency_us", "latency_b2b_us", "baseline_latency_b2b_us"):
+        values = [float(r[key]) for r in rounds if key in r]
+        if values:
+            out[key] = float(np.median(values))
+    out["speedup"] = out["baseline_latency_us"] / out["latency_us"]
+    for key, speedup, ci in (
+        ("pairs_us", "paired_speedup", "speedup_ci"),
+        ("blocks_us", "b2b_speedup", "b2b_speedup_ci"),
+    ):
+        ratios, groups = _pooled(rounds, key)
+        if ratios:
+            out[speedup] = float(np.median(ratios))
+            out[ci] = list(timing.bootstrap_ci(ratios, groups))
+    out["round_speedups"] = [timing.chosen(r)[0] for r in rounds]
+    if "paired_speedup" not in out:
+        out.update(status="error", error="re-timing gave no usable pair of repetitions")
+    return out
+
+
+def retime(
+    rows: list[dict[str, Any]],
+    problem: Problem,
+    bench: dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    plugins: list[str],
+    rounds: int,
+    timeout_s: float,
+    memory_limit_gb: float | None = None,
+    build_timeout_s: float = 0.0,
+) -> dict[int, dict[str, Any]]:
+    """Re-time each row's spec in its own fresh worker; {trial number: summary}.
+
+    `timeout_s` per round, plus `build_timeout_s` for compile-tagged variants (as in a trial).
+    """
+    again: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        number = int(row["trial"])
+        tags = getattr(kernels.variants().get(row["spec"]["variant"]), "tags", ())
+        limit = call_timeout(tags, timeout_s, build_timeout_s)
+        worker = Worker(problem.device, plugins, run_dir / f"retime-{number}.log", memory_limit_gb)
+        results: list[dict[str, Any]] = []
+        try:
+            for index in range(rounds):
+                task = evaluate_task(
+                    problem,
+                    row["spec"],
+                    bench,
+                    trial_seed(seed + 1 + index, number),
+                    f"re-time trial {number} round {index + 1}/{rounds}",
+                )
+                result = worker.call("evaluate", task, limit)
+                result.pop("log", None)
+                results.append(result)
+                if result.get("status") != "ok":
+                    break
+        finally:
+            worker.stop()
+        again[number] = summarise(results)
+    return again
