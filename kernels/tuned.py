@@ -12,6 +12,12 @@ reason and signature: an unknown signature or device type, an `attn_mask`, `drop
 inputs that need gradients (the tuned variants are forward-only), a variant that cannot be
 imported or built here.
 
+Only a confirmed winner is dispatched to: an entry whose verdict is `keep_sdpa` runs SDPA,
+and so does an entry whose re-timed interval (`retimed_interval`, the 95% interval of its
+paired speedup over SDPA re-timed in a fresh process) does not lie above 1, or, in an entry
+without an interval (an older export), whose re-timed or study speedup is below 1; one log
+line says why.
+
 Device matching: the entry measured on the same device model (the study's device slug) first;
 otherwise the fastest entry measured on the same device type (cpu or cuda), with a log line that
 it was tuned elsewhere (correct there, maybe not the fastest here). Plugin variants: the table
@@ -50,6 +56,25 @@ VERSION = 1
 def device_slug(device: torch.device) -> str:
     """The slug of `device`'s model: a table's per-device key, as the study computes it too."""
     return name_slug(device_name(device))
+
+
+def refusal(entry: dict[str, Any]) -> str | None:
+    """Why an entry must not be dispatched to (SDPA runs instead), or None."""
+    if entry.get("verdict") == "keep_sdpa":
+        return f"the study's verdict is to keep SDPA ({entry.get('reason', '')})"
+    interval = entry.get("retimed_interval")
+    if interval and interval[0] is not None:
+        if not interval[0] > 1.0:
+            return (
+                f"{entry.get('label', entry.get('variant'))} re-timed "
+                f"[{interval[0]:.2f}, {interval[1]:.2f}] x SDPA, not above 1"
+            )
+        return None
+    retimed = entry.get("retimed") or {}
+    for speedup in (retimed.get("speedup"), entry.get("speedup")):
+        if speedup is not None and speedup < 1.0:
+            return f"{entry.get('label', entry.get('variant'))} measured {speedup:.2f}x SDPA"
+    return None
 
 
 def signature_of(
@@ -173,8 +198,11 @@ class TunedAttention:
             return self._runners[key]
         entry, note = self.entry_for(signature, q.device)
         runner = None
+        refused = refusal(entry) if entry is not None else None
         if entry is None:
             self._say(signature, f"{note}: using SDPA")
+        elif refused:
+            self._say(signature, f"{signature}: {refused}: using SDPA")
         else:
             if note:
                 self._say(signature, note)

@@ -1,18 +1,24 @@
 """`python -m study.export [study.name=A[,B...]] [storage.url=...] out=PATH.json`: the tuning table.
 
-One entry per problem signature and device model: the study's best measured COMPLETE trial
-(its effective spec, its measured figures, the re-timing of the last run where there was one,
-the environment). All studies in the storage by default, or the named ones (`study.name=a,b` or
-`study.name=[a,b]`). An existing `out` file is merged into: entries of other signatures or
-other devices are kept; for the same signature on the same device model the faster measured
-entry is kept (the other is dropped; a tie keeps the newer). Read it back with
-`kernels.tuned.load(PATH)`; the format is described there.
+One entry per problem signature and device model, as the study's verdict says
+(study/results/verdict.py, stored by the last run): a confirmed winner's trial (its effective
+spec, its measured figures, its re-timing with the interval, the environment), or, where the
+verdict is to keep SDPA, an entry that says so (`verdict: keep_sdpa`, with the reason): never a
+candidate slower than the baseline measured beside it. A study without a verdict (its run
+stopped before the re-timing) exports nothing, with a one-line reason. All studies in the
+storage by default, or the named ones (`study.name=a,b` or `study.name=[a,b]`). An existing
+`out` file is merged into: entries of other signatures or other devices are kept; for the same
+signature on the same device model the entry with the larger confirmed speedup is kept (a
+winner's re-timed lower bound; 1 for keep-SDPA; an entry without an interval, from an older
+export, loses to any), a tie keeps the newer. Read it back with `kernels.tuned.load(PATH)`; the
+format is described there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,18 +30,26 @@ from study import cli
 from study.errors import UserError
 from study.measure.env import device_slug
 from study.results.report import measured_complete
+from study.results.verdict import WINNER
 from study.storage import DEFAULT_STORAGE, open_storage
 
 KEYS = ("study.name", "storage.url", "out")
 USAGE = "usage: python -m study.export [study.name=A[,B]] [storage.url=URL] out=PATH.json"
 RESULT_KEYS = (
+    "value_us",
     "latency_us",
     "latency_iqr_us",
     "baseline_latency_us",
     "speedup",
+    "paired_speedup",
+    "speedup_ci",
+    "timing",
+    "b2b_speedup",
+    "b2b_speedup_ci",
     "tflops",
     "rel_err",
 )
+SDPA_SPEC = {"variant": "sdpa", "params": {}, "mutations": {}}
 
 
 class ExportError(UserError):
@@ -88,40 +102,67 @@ def _plugin_for(variant: str, plugins: list[str]) -> str | None:
     )
 
 
-def entry_of(study: optuna.Study) -> dict[str, Any] | None:
-    """The table entry of one study (its best measured trial), or None where it has none."""
-    best = measured_complete(study)
-    if not best:
-        return None
-    trial = best[0]
-    attrs = trial.user_attrs
+def entry_of(study: optuna.Study) -> tuple[dict[str, Any] | None, str]:
+    """The table entry of one study as its verdict says, or None and why there is none."""
+    verdict = study.user_attrs.get("verdict")
     env = dict(study.user_attrs.get("env", {}))
     problem = dict(study.user_attrs.get("problem", {}))
-    if not problem or not attrs.get("spec"):
-        return None
-    spec = attrs["spec"]
+    if not problem:
+        return None, "no problem recorded with the study, nothing exported"
+    if not verdict:
+        return None, (
+            "no verdict (its run stopped before the re-timing, or predates verdicts), nothing "
+            "exported; `python -m study.run` on it again re-times and judges"
+        )
     device = str(env.get("device", problem.get("device", "cpu")))
     entry: dict[str, Any] = {
         "signature": problem.get("signature"),
         "device": device_slug(env),
         "device_type": "cuda" if device.startswith("cuda") else "cpu",
         "device_name": env.get("device_name"),
-        "variant": spec["variant"],
-        "label": attrs.get("label", spec["variant"]),
-        "spec": spec,
-        "plugin": _plugin_for(spec["variant"], list(study.user_attrs.get("plugins", []))),
         "problem": {k: v for k, v in problem.items() if k != "signature"},
         "study": study.study_name,
-        "trial": trial.number,
         "trials_in_study": len(study.get_trials(deepcopy=False)),
         "env": env,
+        "verdict": verdict["kind"],
+        "reason": verdict["sentence"],
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if verdict["kind"] != WINNER:
+        entry.update(variant="sdpa", label="sdpa", spec=dict(SDPA_SPEC), plugin=None)
+        entry["best_alternative"] = {
+            k: verdict.get(k) for k in ("trial", "candidate", "retimed_speedup", "retimed_ci")
+        }
+        return entry, ""
+    trial = next((t for t in measured_complete(study) if t.number == verdict["trial"]), None)
+    if trial is None or not trial.user_attrs.get("spec"):
+        return None, f"the verdict's trial {verdict['trial']} is not a measured trial here"
+    attrs = trial.user_attrs
+    spec = attrs["spec"]
+    entry.update(
+        variant=spec["variant"],
+        label=attrs.get("label", spec["variant"]),
+        spec=spec,
+        plugin=_plugin_for(spec["variant"], list(study.user_attrs.get("plugins", []))),
+        trial=trial.number,
+    )
     entry.update({k: attrs.get(k) for k in RESULT_KEYS})
     retimed = study.user_attrs.get("retimed", {}).get(str(trial.number))
     if retimed:
         entry["retimed"] = retimed
-    return entry
+    entry["retimed_interval"] = verdict["retimed_ci"]
+    return entry, ""
+
+
+def merit(entry: dict[str, Any]) -> float:
+    """How much faster than SDPA an entry is, for sure: a winner's re-timed lower bound, 1 for
+    keep-SDPA, -inf for an entry without an interval (an older export)."""
+    if entry.get("verdict") == "keep_sdpa":
+        return 1.0
+    interval = entry.get("retimed_interval")
+    if interval and interval[0] is not None and math.isfinite(interval[0]):
+        return float(interval[0])
+    return -math.inf
 
 
 def merge(table: dict[str, Any], entry: dict[str, Any]) -> str:
@@ -131,10 +172,13 @@ def merge(table: dict[str, Any], entry: dict[str, Any]) -> str:
     if old is None:
         per_device[entry["device"]] = entry
         return "added"
-    if (entry.get("latency_us") or float("inf")) <= (old.get("latency_us") or float("inf")):
+    if merit(entry) >= merit(old):
         per_device[entry["device"]] = entry
         return "replaced"
-    return f"kept the faster entry from {old.get('study')} ({old.get('latency_us'):.1f} us)"
+    return (
+        f"kept the entry from {old.get('study')} ({old.get('label')}, confirmed "
+        f"{merit(old):.2f}x SDPA at least)"
+    )
 
 
 def read_table(path: Path) -> dict[str, Any]:
@@ -164,15 +208,12 @@ def export(storage_url: str, names: list[str] | None, out: Path) -> list[str]:
     lines = []
     for name in chosen:
         study = optuna.load_study(study_name=name, storage=storage)
-        entry = entry_of(study)
+        entry, why = entry_of(study)
         if entry is None:
-            lines.append(f"{name}: no measured COMPLETE trial, nothing exported")
+            lines.append(f"{name}: {why}")
             continue
         what = merge(table, entry)
-        lines.append(
-            f"{entry['signature']} on {entry['device']}: {entry['label']} "
-            f"{entry['latency_us']:.1f} us ({entry['speedup']:.2f}x SDPA) [{what}]"
-        )
+        lines.append(f"{entry['signature']} on {entry['device']}: {entry['reason']} [{what}]")
     table["format"], table["version"] = FORMAT, VERSION
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
