@@ -84,9 +84,11 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
             "rounds": rounds,
             "load_average_at_start": list(os.getloadavg()),
             "value": (
-                "latency_us: median candidate latency, microseconds (empty: incorrect/failed); "
-                "with rounds > 1 the median over rounds of each round's median, and "
-                "latency_iqr_us the IQR of those per-round medians"
+                "value_us: reference_baseline_us (the median SDPA baseline of the table's rows) "
+                "/ paired_speedup, microseconds, as a live study's value (empty: "
+                "incorrect/failed); latency_us: median candidate latency; with rounds > 1 the "
+                "medians over rounds of each round's figures, and latency_iqr_us the IQR of "
+                "the per-round latency medians"
             ),
         }
         print(

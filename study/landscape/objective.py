@@ -1,9 +1,11 @@
 """The replay objective and the runner: one optuna study over a recorded table.
 
-The objective looks the latency up: a row with a latency ends COMPLETE (value and user attr
-`latency_us`, plus `variant` when the table has that column); a row without one ends PRUNED with
-`rejected_by=recorded_failure`, as the live objective treats an incorrect candidate. A proposal
-that matches no row ends PRUNED with `rejected_by=not_in_table` and costs no evaluation.
+The objective looks the value up (`value_us`, as a live study's, or `latency_us` in a table
+recorded before it: `Table.value_column`): a row with one ends COMPLETE (value and the user
+attr of that name, plus `variant` when the table has that column); a row without one ends
+PRUNED with `rejected_by=recorded_failure`, as the live objective treats an incorrect
+candidate. A proposal that matches no row ends PRUNED with `rejected_by=not_in_table` and costs
+no evaluation.
 
 Cost is counted in evaluations: DISTINCT table rows evaluated (failed rows included: live, they
 are measured too). A repeated row is a trial but no evaluation (live, the objective copies the
@@ -99,7 +101,7 @@ class ReplayObjective:
             if self.table.notes[row]:
                 trial.set_user_attr("detail", self.table.notes[row][:200])
             raise optuna.TrialPruned("recorded failure")
-        trial.set_user_attr("latency_us", latency)
+        trial.set_user_attr(self.table.value_column, latency)
         return latency
 
 

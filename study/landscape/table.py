@@ -7,6 +7,12 @@ means the parameter is inert for that row (a tunable of another variant). `laten
 when the configuration was incorrect (`status=rejected`, `rejected_by` names the check) or could
 not be built or run (`status=error`).
 
+The value replay minimises is a live study's (study/objective.py): `value_us`, the table's
+reference SDPA latency (`reference_baseline_us`: the median of its rows' baselines) divided by
+the row's paired speedup, so that a row measured in a slow minute ranks where it would in a
+quiet one. A table without a `value_us` column (recorded before it existed) replays on
+`latency_us`; `Table.value_column` says which.
+
 The reader sets apart as results every column in RESULT_NAMES: the written RESULT_COLUMNS, plus
 the other figures a live trial records (`study.objective.RESULT_ATTRS`) and `detail`, so that a
 table assembled by hand from trial attributes does not turn those into parameters. Every other
@@ -29,8 +35,9 @@ from study.objective import RESULT_ATTRS
 
 FIGURES = ("latency_us", "latency_iqr_us", "latency_min_us", "baseline_latency_us")  # us
 NOTES = ("status", "rejected_by", "error")  # why a row has no latency; joined into Table.notes
+VALUE = ("value_us", "reference_baseline_us", "paired_speedup")
 # The result columns the writer puts after the parameter columns, in this order.
-RESULT_COLUMNS = (*FIGURES, "speedup", *NOTES)
+RESULT_COLUMNS = (*VALUE, *FIGURES, "speedup", *NOTES)
 # The columns the reader treats as results (a superset of RESULT_COLUMNS, see the docstring).
 RESULT_NAMES = frozenset(RESULT_COLUMNS) | frozenset(RESULT_ATTRS) | {"detail"}
 
@@ -58,6 +65,7 @@ def row_for(space: Any, candidate: Any, result: dict[str, Any]) -> dict[str, Any
         for key in FIGURES:
             row[key] = f"{float(result[key]):.4f}"
         row["speedup"] = f"{float(result['speedup']):.5f}"
+        row["paired_speedup"] = f"{float(result['paired_speedup']):.5f}"
     elif status == "rejected":
         row["rejected_by"] = result.get("rejected_by", "unknown")
     else:
@@ -76,7 +84,7 @@ def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
         if result.get("status") != "ok":
             return result
     merged = dict(results[0])
-    for key in ("latency_us", "baseline_latency_us", "speedup"):
+    for key in ("latency_us", "baseline_latency_us", "speedup", "paired_speedup"):
         merged[key] = float(np.median([float(r[key]) for r in results]))
     merged["latency_min_us"] = min(float(r["latency_min_us"]) for r in results)
     if len(results) > 1:
@@ -94,15 +102,23 @@ def write_table(
 ) -> dict[str, int]:
     """Write every measured candidate's merged row (atomically: a reader never sees half a file)."""
     counts = {"ok": 0, "rejected": 0, "error": 0}
+    rows = [
+        row_for(space, candidate, merge_rounds(measured))
+        for candidate, measured in zip(candidates, results, strict=True)
+        if measured
+    ]
+    baselines = [float(r["baseline_latency_us"]) for r in rows if r["status"] == "ok"]
+    reference = float(np.median(baselines)) if baselines else math.nan
     partial = out.with_suffix(".csv.partial")
     with partial.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, restval="")
         writer.writeheader()
-        for candidate, measured in zip(candidates, results, strict=True):
-            if measured:
-                row = row_for(space, candidate, merge_rounds(measured))
-                counts[row["status"]] += 1
-                writer.writerow(row)
+        for row in rows:
+            if row["status"] == "ok":
+                row["reference_baseline_us"] = f"{reference:.4f}"
+                row["value_us"] = f"{reference / float(row['paired_speedup']):.4f}"
+            counts[row["status"]] += 1
+            writer.writerow(row)
     partial.replace(out)
     return counts
 
@@ -124,9 +140,10 @@ class Table:
     columns: list[str]  # parameter columns, in the file's order
     values: dict[str, list[Any]]  # sorted distinct values per column
     index: np.ndarray  # (rows, columns) int: index into values, -1 where inert (empty)
-    latency: np.ndarray  # (rows,) float, nan where the configuration failed
+    latency: np.ndarray  # (rows,) float: the value (value_column), nan where it failed
     variant: list[str] | None  # the `variant` column's text, when there is one
     notes: list[str] = field(default_factory=list)  # per row: status/rejected_by/error text
+    value_column: str = "latency_us"  # `value_us` where the table has it
 
     @property
     def size(self) -> int:
@@ -174,6 +191,7 @@ def load_table(path: str | Path) -> Table:
     if not raw_rows:
         raise ReplayError(f"table={path} has no rows")
     where = {h: i for i, h in enumerate(header)}
+    value_column = "value_us" if "value_us" in where else "latency_us"
     cells: dict[str, list[str]] = {c: [] for c in columns}
     latency: list[float] = []
     notes: list[str] = []
@@ -184,7 +202,7 @@ def load_table(path: str | Path) -> Table:
             )
         for c in columns:
             cells[c].append(raw[where[c]].strip())
-        text = raw[where["latency_us"]].strip()
+        text = raw[where[value_column]].strip()
         if text:
             try:
                 value = float(text)
@@ -192,7 +210,7 @@ def load_table(path: str | Path) -> Table:
                 value = float("nan")
             if not math.isfinite(value) or value <= 0:
                 raise ReplayError(
-                    f"table={path} line {number}: latency_us={text!r} is not a positive number"
+                    f"table={path} line {number}: {value_column}={text!r} is not a positive number"
                 )
             latency.append(value)
         else:
@@ -219,4 +237,4 @@ def load_table(path: str | Path) -> Table:
     if np.isnan(lat).all():
         raise ReplayError(f"table={path}: no row has a latency (every configuration failed)")
     variant = cells.get("variant")
-    return Table(path, columns, values, index, lat, variant, notes)
+    return Table(path, columns, values, index, lat, variant, notes, value_column)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from study import landscape
@@ -37,6 +38,13 @@ def test_record_two_rounds_then_replay_finds_the_recorded_optimum(tmp_path: Path
     ]
     assert all(r["status"] == "ok" and float(r["latency_us"]) > 0 for r in rows)
     assert all(float(r["latency_min_us"]) <= float(r["latency_us"]) for r in rows)
+    # the value, as a live study's: one reference (the rows' median SDPA) / the paired speedup
+    (reference,) = {r["reference_baseline_us"] for r in rows}
+    baselines = sorted(float(r["baseline_latency_us"]) for r in rows)
+    assert float(reference) == pytest.approx(baselines[1], abs=1e-4)
+    for r in rows:
+        expected = float(reference) / float(r["paired_speedup"])
+        assert float(r["value_us"]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
     provenance = json.loads(out.with_suffix(".json").read_text())
     assert provenance["rounds"] == 2 and provenance["rows"] == 3
     assert provenance["counts"] == {"ok": 3, "rejected": 0, "error": 0}
@@ -48,7 +56,8 @@ def test_record_two_rounds_then_replay_finds_the_recorded_optimum(tmp_path: Path
     assert {"variant", "chunked.chunk"} <= set(table.columns) and table.size == 3
     result = landscape.run_study(table, "grid", seed=0)
     assert [t.state for t in result.study.trials] == [TrialState.COMPLETE] * 3
-    assert result.study.best_value == min(float(r["latency_us"]) for r in rows)
+    assert table.value_column == "value_us"
+    assert result.study.best_value == min(float(r["value_us"]) for r in rows)
 
 
 def test_record_refuses_bad_rounds_in_one_line(tmp_path: Path) -> None:

@@ -270,3 +270,22 @@ def test_synthetic_landscapes_are_valid_tables(tmp_path: Path) -> None:
             filled = {c for c, i in cells if i >= 0}
             assert set(space.active_encoding(candidate)) == filled
             assert any(c.startswith("mut.") for c in filled) and "variant" in filled
+
+
+def test_replay_minimises_the_paired_value_where_the_table_has_it(tmp_path: Path) -> None:
+    """Row 0 ran in a slow minute (raw latency 90, SDPA beside it 180: 2x SDPA), row 1 in a
+    quiet one (latency 60, SDPA 40: 0.67x): the value ranks row 0 first, as a live study does."""
+    path = tmp_path / "paired.csv"
+    path.write_text(
+        "a,value_us,reference_baseline_us,paired_speedup,latency_us,baseline_latency_us,status\n"
+        "1,50.0,100.0,2.0,90,180,ok\n"
+        "2,150.0,100.0,0.666667,60,40,ok\n"
+        "3,,,,,,rejected\n"
+    )
+    table = landscape.load_table(path)
+    assert table.columns == ["a"] and table.value_column == "value_us"
+    assert table.optimum == 50.0 and math.isnan(table.latency[2])
+    result = landscape.run_study(table, "grid", seed=0)
+    best = result.study.best_trial
+    assert best.user_attrs["row"] == 0 and best.user_attrs["value_us"] == best.value == 50.0
+    assert "latency_us" not in best.user_attrs
