@@ -3,7 +3,8 @@
 For each problem (default `small_cpu`, where nothing beats SDPA, and `decode_cpu`, where
 `grouped` beats it about 1.8x), `--runs` studies on the quiet machine and `--runs` beside a
 co-load that this script starts and stops itself: one process per core, each alternating
-`--busy` seconds of spinning and `--idle` seconds of sleep, the cores' phases staggered. Every
+`--busy` seconds of spinning and `--idle` seconds of sleep, all in phase (every core is busy,
+then every core idle). Every
 study is `python -m study.run` in a subprocess with its own storage; the table has its verdict
 (winner or keep SDPA), the candidate it names (or the best alternative) and that candidate's
 intervals (in the study; re-timed in fresh processes). Goal: the same verdict in every run of a
@@ -98,9 +99,8 @@ class CoLoad:
 
     def __enter__(self) -> CoLoad:
         cores = os.cpu_count() or 1
-        for i in range(cores):
-            phase = (self.busy + self.idle) * i / cores
-            args = [str(self.busy), str(self.idle), str(phase)]
+        for _ in range(cores):  # in phase: the whole machine is busy, then idle
+            args = [str(self.busy), str(self.idle), "0"]
             self.procs.append(subprocess.Popen([sys.executable, "-c", CO_LOAD, *args]))
         return self
 
@@ -170,52 +170,60 @@ def main() -> int:
     parser.add_argument("--busy", type=float, default=3.0, help="co-load busy phase, s")
     parser.add_argument("--idle", type=float, default=3.0, help="co-load idle phase, s")
     parser.add_argument("--order-reps", type=int, default=40)
+    parser.add_argument("--no-order", action="store_true", help="skip the order-effect table")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.monotonic()
-    lines = [
+
+    def emit(*lines: str) -> None:  # printed and appended at once: an interrupted run keeps rows
+        print("\n".join(lines), flush=True)
+        with args.out.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    emit(
         f"## {dt.datetime.now().isoformat(timespec='minutes')}: {os.cpu_count()} cores, "
         f"load average at start {os.getloadavg()[0]:.1f}, co-load {args.busy:g} s busy / "
         f"{args.idle:g} s idle per core, {args.trials} trials per study (grid, bench=quick)",
         "",
-        "### Order effect: default SDPA (small_cpu shape) median us, by the call before it",
-        "",
-        "| machine | pool wake | after SDPA | after a no-op | after a 1 ms spin |",
-        "|---|---|---|---|---|",
-    ]
-    for load in (False, True):
-        if load:
-            with CoLoad(args.busy, args.idle):
+    )
+    if not args.no_order:
+        emit(
+            "### Order effect: default SDPA (small_cpu shape) median us, by the call before it",
+            "",
+            "| machine | pool wake | after SDPA | after a no-op | after a 1 ms spin |",
+            "|---|---|---|---|---|",
+        )
+        for load in (False, True):
+            if load:
+                with CoLoad(args.busy, args.idle):
+                    figures = order_effect(args.order_reps)
+            else:
                 figures = order_effect(args.order_reps)
-        else:
-            figures = order_effect(args.order_reps)
-        for wake in (False, True):
-            cells = [f"{figures[f'{name}|{wake}']:.0f}" for name in ("SDPA", "no-op", "1 ms spin")]
-            machine = "co-loaded" if load else "quiet"
-            lines.append(f"| {machine} | {'yes' if wake else 'no'} | " + " | ".join(cells) + " |")
-    print("\n".join(lines), flush=True)
-    header = [
-        "",
+            for wake in (False, True):
+                names = ("SDPA", "no-op", "1 ms spin")
+                cells = [f"{figures[f'{name}|{wake}']:.0f}" for name in names]
+                machine = "co-loaded" if load else "quiet"
+                emit(f"| {machine} | {'yes' if wake else 'no'} | " + " | ".join(cells) + " |")
+        emit("")
+    emit(
         "### Verdicts",
         "",
         "| problem | machine | run | verdict | candidate | in the study | re-timed | wall s |",
         "|---|---|---|---|---|---|---|---|",
-    ]
-    print("\n".join(header), flush=True)
-    lines += header
+    )
     summary = []
     with tempfile.TemporaryDirectory(prefix="noise-") as tmp:
         for problem in args.problems.split(","):
             seen = []
             for load in (False, True):
                 for run in range(1, args.runs + 1):
-                    tag = f"{problem}-{'loaded' if load else 'quiet'}-{run}"
+                    machine = "co-loaded" if load else "quiet"
+                    tag = f"{problem}-{machine}-{run}"
                     if load:
                         with CoLoad(args.busy, args.idle):
                             got = one_study(problem, args.trials, Path(tmp), tag)
                     else:
                         got = one_study(problem, args.trials, Path(tmp), tag)
-                    machine = "co-loaded" if load else "quiet"
                     if "error" in got:
                         row = f"| {problem} | {machine} | {run} | error: {got['error']} | | | | "
                         row += f"{got['wall_s']:.0f} |"
@@ -230,19 +238,14 @@ def main() -> int:
                             f"{interval(got.get('retimed_speedup'), got.get('retimed_ci'))} | "
                             f"{got['wall_s']:.0f} |"
                         )
-                    print(row, flush=True)
-                    lines.append(row)
+                    emit(row)
             same = len(set(seen)) == 1
             summary.append(
                 f"- {problem}: {'the same verdict' if same else 'different verdicts'} in "
                 f"{len(seen)} runs: {sorted(set(seen), key=str)}"
             )
     minutes = (time.monotonic() - started) / 60
-    summary.append(f"- whole benchmark: {minutes:.1f} min")
-    print("\n".join(["", *summary]))
-    lines += ["", *summary, ""]
-    with args.out.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    emit("", *summary, f"- whole benchmark: {minutes:.1f} min", "")
     print(f"appended to {args.out}")
     return 0
 

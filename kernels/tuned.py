@@ -28,7 +28,9 @@ In a Hugging Face transformers model: `register_transformers(table, name)` (kern
 Table format (JSON):
     {"format": "kernel-study/tuned", "version": 1,
      "entries": {<signature>: {<device slug>: {"variant", "spec", "plugin", "device_type",
-                 "device_name", "problem", "latency_us", "baseline_latency_us", "speedup", ...}}}}
+                 "device_name", "problem", "verdict" ("winner" | "keep_sdpa"), "reason",
+                 "retimed_interval", "value_us", "latency_us", "baseline_latency_us",
+                 "paired_speedup", "speedup_ci", ...}}}}
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 Each candidate is re-timed in its own fresh worker process (nothing the study's worker compiled,
 cached or leaked carries over), in `rounds` paired measurements against SDPA with fresh inputs
-each (every round builds, gates and times again). The rounds' pairs are pooled: the re-timed
-paired speedup is their median, its 95% interval a bootstrap that resamples within each round
-(study/measure/timing.py `bootstrap_ci`). A candidate that fails or is rejected in any round is
-reported as such and never confirmed.
+each (every round builds, gates and times again; rounds after the first gate one input set).
+The rounds' pairs are pooled: the re-timed
+paired speedup is their median (over the quieter half of all of them: a round that ran in a
+burst of load counts less), its 95% interval a bootstrap that resamples within each round
+(study/measure/timing.py `paired_median`, `bootstrap_ci`). A candidate that fails or is
+rejected in any round is reported as such and never confirmed.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ from study.objective import call_timeout, trial_seed
 KEPT = ("status", "error", "rejected_by", "detail", "variant", "timing")
 
 
-def _pooled(rounds: list[dict[str, Any]], key: str) -> tuple[list[float], list[int]]:
-    """The ratios baseline/candidate of every pair of every round, and each one's round."""
-    ratios: list[float] = []
+def _pooled(rounds: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[int]]:
+    """The pairs (candidate us, baseline us) of every round, and each one's round."""
+    cands: list[float] = []
+    bases: list[float] = []
     groups: list[int] = []
     for number, result in enumerate(rounds):
         for cand, base in result.get(key, []):
-            if cand > 0:
-                ratios.append(base / cand)
-                groups.append(number)
-    return ratios, groups
+            cands.append(cand)
+            bases.append(base)
+            groups.append(number)
+    return cands, bases, groups
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -60,10 +63,10 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ("pairs_us", "paired_speedup", "speedup_ci"),
         ("blocks_us", "b2b_speedup", "b2b_speedup_ci"),
     ):
-        ratios, groups = _pooled(rounds, key)
-        if ratios:
-            out[speedup] = float(np.median(ratios))
-            out[ci] = list(timing.bootstrap_ci(ratios, groups))
+        cands, bases, groups = _pooled(rounds, key)
+        if cands:
+            out[speedup] = timing.paired_median(cands, bases)
+            out[ci] = list(timing.bootstrap_ci(cands, bases, groups))
     out["round_speedups"] = [timing.chosen(r)[0] for r in rounds]
     if "paired_speedup" not in out:
         out.update(status="error", error="re-timing gave no usable pair of repetitions")
@@ -95,10 +98,12 @@ def retime(
         results: list[dict[str, Any]] = []
         try:
             for index in range(rounds):
+                # the first round gates as a trial does; later ones one input set (the gate is
+                # most of a round's time on a CPU; every round spot-checks its timed outputs)
                 task = evaluate_task(
                     problem,
                     row["spec"],
-                    bench,
+                    bench if index == 0 else bench | {"check_sets": 1},
                     trial_seed(seed + 1 + index, number),
                     f"re-time trial {number} round {index + 1}/{rounds}",
                 )

@@ -151,7 +151,7 @@ def _guarded() -> dict[str, list[tuple[Any, str]]]:
             (timing.Timer, "time_block"),
             (timing.Timer, "wake"),
             (timing.Pair, "fields"),
-            (timing, "bootstrap_ci"),
+            *((timing, n) for n in ("bootstrap_ci", "paired_median", "quiet_ratios")),
             (timing.Stats, "of"),
         ],
         "baseline_patched": [

@@ -7,7 +7,8 @@ among several buffers, the order of the pair alternated, repetitions until the r
 both sides is under `target_spread` or a time cap. Each repetition is one pair (candidate and
 baseline back to back on the same buffer); the ratio baseline/candidate of a pair cancels the
 machine's drift (neighbours, clocks, thermals, which card), so the study ranks by the median of
-those ratios (`paired_speedup`) and keeps a bootstrap interval of it (`speedup_ci`).
+those ratios over the quieter half of the pairs (`paired_speedup`, `quiet_ratios` says why) and
+keeps a bootstrap interval of it (`speedup_ci`).
 
 The order effect. On the CPU the intra-op pool parks its threads when it has been idle for a
 moment (after a single-threaded candidate, the harness's checks, a no-op cheat), and the first
@@ -92,28 +93,63 @@ class Stats:
         return self.iqr_us / self.median_us if self.median_us > 0 else float("inf")
 
 
+def quiet_ratios(cand_us: np.ndarray, base_us: np.ndarray) -> np.ndarray:
+    """The ratios baseline/candidate of the quieter half of the pairs (along the last axis).
+
+    A pair's load is how far its slower-to-its-best call is from that side's best: the larger of
+    candidate / the candidate's 10th percentile and baseline / the baseline's. A burst of load
+    inflates both calls of a pair, but not by one factor when the sides use different numbers
+    of threads (two threads wait for the slower one; one thread does not), so pairs measured in
+    a burst rank a single-threaded candidate where it would not be on a quiet machine. The
+    quieter half (the ceil(n/2) pairs of least load) is what the paired speedup is the median
+    of; on a steady machine every pair is as quiet, and it is the median of about half of them.
+    """
+    c_ref = np.percentile(cand_us, 10, axis=-1, keepdims=True)
+    b_ref = np.percentile(base_us, 10, axis=-1, keepdims=True)
+    load = np.maximum(cand_us / c_ref, base_us / b_ref)
+    keep = (cand_us.shape[-1] + 1) // 2
+    order = np.argsort(load, axis=-1, kind="stable")[..., :keep]
+    return np.take_along_axis(base_us / cand_us, order, axis=-1)
+
+
+def _usable(cand_us: Sequence[float], base_us: Sequence[float]) -> tuple[np.ndarray, ...]:
+    c = np.asarray(cand_us, dtype=np.float64)
+    b = np.asarray(base_us, dtype=np.float64)
+    ok = (c > 0) & (b > 0)
+    return c[ok], b[ok], ok
+
+
+def paired_median(cand_us: Sequence[float], base_us: Sequence[float]) -> float:
+    """The paired speedup: the median of `quiet_ratios` (nan when no pair was timed)."""
+    c, b, _ = _usable(cand_us, base_us)
+    return float(np.median(quiet_ratios(c, b))) if c.size else math.nan
+
+
 def bootstrap_ci(
-    ratios: Sequence[float],
+    cand_us: Sequence[float],
+    base_us: Sequence[float],
     groups: Sequence[int] | None = None,
     level: float = CI_LEVEL,
     draws: int = CI_DRAWS,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of `ratios` (the paired speedups).
+    """Percentile bootstrap interval of `paired_median` over the pairs.
 
-    Pairs are resampled with replacement; with `groups` (one label per ratio, e.g. the round a
-    re-timing pair came from) within each group, so every draw keeps the rounds' weights. The
-    generator is seeded: the same ratios give the same interval.
+    Pairs are resampled with replacement (the quieter half chosen again in every draw); with
+    `groups` (one label per pair, e.g. the round a re-timing pair came from) within each group,
+    so that every draw keeps the rounds' weights. The generator is seeded: the same pairs give
+    the same interval.
     """
-    values = np.asarray(ratios, dtype=np.float64)
-    if values.size == 0:
+    c, b, ok = _usable(cand_us, base_us)
+    if c.size == 0:
         return (math.nan, math.nan)
     rng = np.random.default_rng(12_345)
-    labels = np.zeros(values.size, dtype=np.int64) if groups is None else np.asarray(groups)
-    columns = []
+    labels = np.zeros(c.size, dtype=np.int64) if groups is None else np.asarray(groups)[ok]
+    picks = []
     for label in np.unique(labels):
-        members = values[labels == label]
-        columns.append(members[rng.integers(0, members.size, size=(draws, members.size))])
-    medians = np.median(np.concatenate(columns, axis=1), axis=1)
+        members = np.flatnonzero(labels == label)
+        picks.append(members[rng.integers(0, members.size, size=(draws, members.size))])
+    index = np.concatenate(picks, axis=1)
+    medians = np.median(quiet_ratios(c[index], b[index]), axis=1)
     tail = (1.0 - level) / 2.0 * 100.0
     lo, hi = np.percentile(medians, [tail, 100.0 - tail])
     return (float(lo), float(hi))
@@ -235,8 +271,9 @@ class Pair:
 
     `speedup` is the ratio of the medians, baseline median / candidate median (the contract's
     `speedup` = `baseline_latency_us / latency_us`); `paired_speedup` is the median of the
-    per-repetition ratios baseline/candidate of calls made back to back on the same buffer,
-    which cancels slow drift (clocks, thermals, neighbours) that a ratio of medians does not.
+    per-repetition ratios baseline/candidate of calls made back to back on the same buffer
+    (over the quieter half of the pairs: `quiet_ratios`), which cancels slow drift (clocks,
+    thermals, neighbours) that a ratio of medians does not.
     The two agree when the machine is steady; a gap between them is itself a warning.
     `cand_us`/`base_us` are the raw repetitions, pair by pair; `block_*` the back-to-back
     blocks' per-call times, pair by pair (empty when none were timed).
@@ -260,7 +297,7 @@ class Pair:
 
     @property
     def paired_speedup(self) -> float:
-        return float(np.median(self.ratios)) if self.ratios else float("nan")
+        return paired_median(self.cand_us, self.base_us)
 
     def fields(self) -> dict[str, Any]:
         """The timing figures a result carries (plain types: they cross a pipe)."""
@@ -275,19 +312,18 @@ class Pair:
             "baseline_latency_min_us": base.min_us,
             "speedup": self.speedup,
             "paired_speedup": self.paired_speedup,
-            "speedup_ci": list(bootstrap_ci(self.ratios)),
+            "speedup_ci": list(bootstrap_ci(self.cand_us, self.base_us)),
             "baseline_order_ratio": _order_ratio(self.base_us, self.first),
             "timing": self.timing,
             "pairs_us": [[c, b] for c, b in zip(self.cand_us, self.base_us, strict=True)],
         }
         if self.block_cand_us:
-            blocks = _ratios(self.block_base_us, self.block_cand_us)
             out.update(
                 latency_b2b_us=float(np.median(self.block_cand_us)),
                 baseline_latency_b2b_us=float(np.median(self.block_base_us)),
                 baseline_latency_b2b_min_us=float(np.min(self.block_base_us)),
-                b2b_speedup=float(np.median(blocks)) if blocks else math.nan,
-                b2b_speedup_ci=list(bootstrap_ci(blocks)),
+                b2b_speedup=paired_median(self.block_cand_us, self.block_base_us),
+                b2b_speedup_ci=list(bootstrap_ci(self.block_cand_us, self.block_base_us)),
                 b2b_calls=self.block_calls,
                 blocks_us=[
                     [c, b] for c, b in zip(self.block_cand_us, self.block_base_us, strict=True)

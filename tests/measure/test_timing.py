@@ -109,19 +109,34 @@ def test_time_in_hooks_does_not_count_against_the_cap() -> None:
     assert pair.candidate.reps == 8
 
 
-def test_bootstrap_interval_is_seeded_and_resamples_within_rounds() -> None:
-    ratios = [1.0] * 5 + [2.0] * 5
-    rounds = [0] * 5 + [1] * 5
-    # every stratified draw keeps five of each round: its median is always 1.5
-    assert timing.bootstrap_ci(ratios, rounds) == (1.5, 1.5)
-    lo, hi = timing.bootstrap_ci(ratios)  # pooled: some draws hold more of one round
-    assert (lo, hi) == (1.0, 2.0) and timing.bootstrap_ci(ratios) == (lo, hi)
-    assert timing.bootstrap_ci([1.2]) == (1.2, 1.2)
-    assert all(v != v for v in timing.bootstrap_ci([]))  # nan: nothing measured
+def test_paired_speedup_is_the_median_over_the_quieter_half_of_the_pairs() -> None:
+    """Six of ten pairs ran in a burst that slowed the candidate 2x and SDPA 4x (two threads
+    wait for the slower one): the median of all ratios says 2.4x, the quiet pairs 1.2x."""
+    cand = [1.0] * 4 + [2.0] * 6
+    base = [1.2] * 4 + [4.8] * 6
+    assert timing.paired_median(cand, base) == 1.2
+    assert sorted(b / c for c, b in zip(cand, base, strict=True))[5] == 2.4
+    # drift that scales both sides alike leaves every ratio, hence the median, as it was
+    drift = [1.0, 3.0, 1.5, 2.0, 1.0, 4.0, 1.2, 1.0]
+    cand = [100.0 * d for d in drift]
+    base = [130.0 * d for d in drift]
+    assert timing.paired_median(cand, base) == pytest.approx(1.3)
+    assert timing.bootstrap_ci(cand, base) == pytest.approx((1.3, 1.3))
+    assert all(v != v for v in timing.bootstrap_ci([], []))  # nan: nothing measured
+
+
+def test_bootstrap_interval_is_seeded_brackets_and_narrows() -> None:
     gen = torch.Generator().manual_seed(0)
-    noisy = (1.3 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
-    narrow, wide = timing.bootstrap_ci(noisy), timing.bootstrap_ci(noisy[:20])
+    cand = (100.0 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
+    base = (130.0 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
+    narrow = timing.bootstrap_ci(cand, base)
+    wide = timing.bootstrap_ci(cand[:20], base[:20])
+    assert narrow == timing.bootstrap_ci(cand, base)  # seeded
     assert narrow[0] < 1.3 < narrow[1] and wide[1] - wide[0] > narrow[1] - narrow[0]
+    # resampled within rounds: as seeded, and every draw keeps both rounds' sizes
+    rounds = [0] * 200 + [1] * 200
+    assert timing.bootstrap_ci(cand, base, rounds) == timing.bootstrap_ci(cand, base, rounds)
+    assert timing.bootstrap_ci(cand, base, rounds)[0] < 1.3 < narrow[1]
 
 
 def test_back_to_back_blocks_follow_the_repetitions() -> None:
