@@ -173,8 +173,9 @@ def ranking_verdict(rows: list[dict[str, Any]], again: dict[int, dict[str, Any]]
 
 VALUE_TEXT = (
     "Value: reference SDPA latency / paired speedup (us). Paired speedup: median over the "
-    "trial's pairs (SDPA and candidate interleaved on the same buffers) of SDPA / candidate, "
-    "with its 95% bootstrap interval; latency and SDPA: the raw medians of the same trial."
+    "quieter half of the trial's pairs (SDPA and candidate interleaved on the same buffers) of "
+    "SDPA / candidate, with its 95% bootstrap interval; latency and SDPA: the raw medians of "
+    "the same trial."
 )
 TIMING_TEXT = {
     "per_call": "per call (GPU: device time of one call after an L2 flush; CPU: host time of "
