@@ -13,8 +13,9 @@ Prints one JSON object on one line: `file`, `problem`, `device`, `status` (`ok`,
 `failed` or `unsupported`), `state` (the trial state a study records), `variant`, `spec`,
 `rejected_by` and `detail`, or `error`; `latency_us`, `baseline_latency_us` (default SDPA, same
 inputs, same worker, interleaved), `speedup` with `speedup_ci` ([low, high], 95%) and
-`speedup_ci_from`, `build_s`, `rel_err`, `seed` and `log` (the worker log's path). A file that
-registers several variants gets `variants` (one object each); its own verdict is `ok` when
+`speedup_ci_from` (with the worker's interval, `speedup` is the paired speedup it is of),
+`build_s`, `rel_err`, `seed` and `log` (the worker log's path). A file that registers several
+variants gets `variants` (one object each); its own verdict is `ok` when
 every variant is, with the fastest one's figures, else that of the first variant that is not.
 A file that cannot be imported, or registers nothing, is `failed` (the candidate's fault).
 
@@ -115,6 +116,8 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         out["status"] = "ok"
         out.update({name: result[name] for name in RESULT_ATTRS if name in result})
         out["speedup_ci"], out["speedup_ci_from"] = speedup_interval(result)
+        if out["speedup_ci_from"] == "worker" and "paired_speedup" in result:
+            out["speedup"] = result["paired_speedup"]  # the point the worker's interval is of
     elif status == "rejected":
         out.update(
             status="rejected",

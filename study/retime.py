@@ -6,7 +6,7 @@ each (every round builds, gates and times again; rounds after the first gate one
 The rounds' pairs are pooled: the re-timed
 paired speedup is their median (over the quieter half of all of them: a round that ran in a
 burst of load counts less), its 95% interval a bootstrap that resamples within each round
-(study/measure/timing.py `paired_median`, `bootstrap_ci`). A candidate that fails or is
+(study/measure/pairing.py `paired_median`, `bootstrap_ci`). A candidate that fails or is
 rejected in any round is reported as such and never confirmed.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 import kernels
 from kernels import Problem
-from study.measure import timing
+from study.measure import pairing, timing
 from study.measure.worker import Worker, evaluate_task
 from study.objective import call_timeout, trial_seed
 
@@ -65,8 +65,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         cands, bases, groups = _pooled(rounds, key)
         if cands:
-            out[speedup] = timing.paired_median(cands, bases)
-            out[ci] = list(timing.bootstrap_ci(cands, bases, groups))
+            out[speedup] = pairing.paired_median(cands, bases)
+            out[ci] = list(pairing.bootstrap_ci(cands, bases, groups))
     out["round_speedups"] = [timing.chosen(r)[0] for r in rounds]
     if "paired_speedup" not in out:
         out.update(status="error", error="re-timing gave no usable pair of repetitions")

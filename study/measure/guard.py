@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import kernels
 import kernels.builtin.sdpa
-from study.measure import inputs, timing
+from study.measure import inputs, pairing, timing
 
 # The module that defines the reference functions (private to kernels): guarded there as well,
 # since `kernels.reference_attention` is only a second name for them.
@@ -151,7 +151,8 @@ def _guarded() -> dict[str, list[tuple[Any, str]]]:
             (timing.Timer, "time_block"),
             (timing.Timer, "wake"),
             (timing.Pair, "fields"),
-            *((timing, n) for n in ("bootstrap_ci", "paired_median", "quiet_ratios")),
+            *((pairing, n) for n in ("bootstrap_ci", "paired_median", "quiet_ratios")),
+            *((timing, n) for n in ("bootstrap_ci", "paired_median")),
             (timing.Stats, "of"),
         ],
         "baseline_patched": [

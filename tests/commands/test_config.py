@@ -90,7 +90,8 @@ def test_build_budget_is_a_worker_key_added_for_compile_variants() -> None:
 
         def call(self, kind: str, payload: dict, timeout_s: float) -> dict:
             self.limits.append((payload["candidate"]["variant"], timeout_s))
-            return {"status": "ok", "latency_us": 1.0}
+            pair = {"paired_speedup": 1.0, "speedup_ci": [1.0, 1.0], "timing": "per_call"}
+            return {"status": "ok", "latency_us": 1.0, "baseline_latency_min_us": 1.0} | pair
 
     problem = Problem(1, 2, 2, 16, 16, 8, dtype="float32")
     space_cfg = {

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernels import Problem
-from study.measure import timing
+from study.measure import pairing, timing
 
 PROBLEM = Problem(batch=1, heads_q=2, heads_kv=2, seq_q=8, seq_kv=8, head_dim=16, dtype="float32")
 BENCH = {"warmup": 2, "min_reps": 6, "max_reps": 40, "target_spread": 1e9, "time_cap_s": 60.0}
@@ -114,29 +114,29 @@ def test_paired_speedup_is_the_median_over_the_quieter_half_of_the_pairs() -> No
     wait for the slower one): the median of all ratios says 2.4x, the quiet pairs 1.2x."""
     cand = [1.0] * 4 + [2.0] * 6
     base = [1.2] * 4 + [4.8] * 6
-    assert timing.paired_median(cand, base) == 1.2
+    assert pairing.paired_median(cand, base) == 1.2
     assert sorted(b / c for c, b in zip(cand, base, strict=True))[5] == 2.4
     # drift that scales both sides alike leaves every ratio, hence the median, as it was
     drift = [1.0, 3.0, 1.5, 2.0, 1.0, 4.0, 1.2, 1.0]
     cand = [100.0 * d for d in drift]
     base = [130.0 * d for d in drift]
-    assert timing.paired_median(cand, base) == pytest.approx(1.3)
-    assert timing.bootstrap_ci(cand, base) == pytest.approx((1.3, 1.3))
-    assert all(v != v for v in timing.bootstrap_ci([], []))  # nan: nothing measured
+    assert pairing.paired_median(cand, base) == pytest.approx(1.3)
+    assert pairing.bootstrap_ci(cand, base) == pytest.approx((1.3, 1.3))
+    assert all(v != v for v in pairing.bootstrap_ci([], []))  # nan: nothing measured
 
 
 def test_bootstrap_interval_is_seeded_brackets_and_narrows() -> None:
     gen = torch.Generator().manual_seed(0)
     cand = (100.0 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
     base = (130.0 * torch.exp(0.1 * torch.randn(400, generator=gen))).tolist()
-    narrow = timing.bootstrap_ci(cand, base)
-    wide = timing.bootstrap_ci(cand[:20], base[:20])
-    assert narrow == timing.bootstrap_ci(cand, base)  # seeded
+    narrow = pairing.bootstrap_ci(cand, base)
+    wide = pairing.bootstrap_ci(cand[:20], base[:20])
+    assert narrow == pairing.bootstrap_ci(cand, base)  # seeded
     assert narrow[0] < 1.3 < narrow[1] and wide[1] - wide[0] > narrow[1] - narrow[0]
     # resampled within rounds: as seeded, and every draw keeps both rounds' sizes
     rounds = [0] * 200 + [1] * 200
-    assert timing.bootstrap_ci(cand, base, rounds) == timing.bootstrap_ci(cand, base, rounds)
-    assert timing.bootstrap_ci(cand, base, rounds)[0] < 1.3 < narrow[1]
+    assert pairing.bootstrap_ci(cand, base, rounds) == pairing.bootstrap_ci(cand, base, rounds)
+    assert pairing.bootstrap_ci(cand, base, rounds)[0] < 1.3 < narrow[1]
 
 
 def test_back_to_back_blocks_follow_the_repetitions() -> None:
