@@ -15,10 +15,10 @@ moment (after a single-threaded candidate, the harness's checks, a no-op cheat),
 parallel region after that pays for waking them: what ran before a call changed that call's
 time (reported on a 2-core machine: SDPA 0.7 ms after SDPA, 3.4 ms after a no-op).
 `Timer.wake` runs one tiny parallel op on every pool thread right before each timed call of
-either side, outside the timed region, so that both sides start with a running pool (as inside a model, where the
-calls before attention are parallel ops too). `baseline_order_ratio` keeps checking it: the
-baseline's median when it follows the candidate over its median when it follows itself
-(bench/noise_robustness.py measures the effect with and without the wake).
+either side, outside the timed region, so that both sides start with a running pool (as inside
+a model, where the calls before attention are parallel ops too). `baseline_order_ratio` keeps
+checking it: the baseline's median when it follows the candidate over its median when it
+follows itself (bench/noise_robustness.py measures the effect with and without the wake).
 
 Back to back (`bench.b2b_blocks` blocks per side, after the repetitions): blocks of calls on
 one buffer with no flush and no hook between them, timed as one, per call = block / calls; what
