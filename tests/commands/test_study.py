@@ -41,7 +41,8 @@ def _run_folders(cwd: Path) -> list[Path]:
 
 
 def test_study_runs_resumes_and_records(tmp_path):
-    proc = run_study(tmp_path, *TINY, "sampler=random", "study.n_trials=8", "seed=3")
+    # the default CPU space: compiled variants, each re-timed in its own process, recompile
+    proc = run_study(tmp_path, *TINY, "sampler=random", "study.n_trials=8", "seed=3", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load_only_study(tmp_path)
     assert len(study.trials) == 8
