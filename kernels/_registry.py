@@ -91,10 +91,7 @@ def register(
     supports(problem): None or a reason the variant cannot run the problem (left out before the
     study starts). valid(problem, **params): None or a reason one combination is meaningless.
     """
-    choices = {k: list(v) for k, v in (params or {}).items()}
-    for key, values in choices.items():
-        if not values:
-            raise ValueError(f"variant {name!r}: param {key!r} has no choices")
+    choices = _choices(name, params)
 
     def decorator(build: Builder) -> Builder:
         signature = inspect.signature(build)
@@ -122,6 +119,36 @@ def register(
         return build
 
     return decorator
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _choices(name: str, params: Any) -> dict[str, list[Any]]:
+    """`params` as {tunable: [choices]}; a mistake in its form is named with the form expected
+    (not Python's "'int' object is not iterable" from deep inside)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"variant {name!r}: params must be a dict {{name: [choices]}}, "
+            f"got {type(params).__name__} {_shown(params)}"
+        )
+    choices = {}
+    for key, values in params.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"variant {name!r}: param name {_shown(key)} is not an identifier")
+        if not isinstance(values, list | tuple | range):
+            raise ValueError(
+                f"variant {name!r}: params[{key!r}] must be a list of choices, "
+                f"got {type(values).__name__} {_shown(values)}"
+            )
+        if not values:
+            raise ValueError(f"variant {name!r}: param {key!r} has no choices")
+        choices[key] = list(values)
+    return choices
 
 
 def _load_builtins() -> None:
