@@ -113,6 +113,10 @@ class WorkerConfig:
     devices: Any = "auto"
     # address-space cap of a CPU worker, GB; null: 75% of RAM on the CPU, none on a GPU; 0: none
     memory_limit_gb: float | None = None
+    # auto: candidates run in bubblewrap's read-only sandbox where it works; off: never
+    sandbox: str = "auto"
+    # folders candidate processes may write (never the storage, run folder or key store)
+    writable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -267,6 +271,10 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg.worker.build_timeout_s >= 0,
         f"worker.build_timeout_s must be >= 0, got {cfg.worker.build_timeout_s}",
+    )
+    _check(
+        cfg.worker.sandbox in ("auto", "off"),
+        f"worker.sandbox={cfg.worker.sandbox} is not valid; choose one of: auto, off",
     )
     b = cfg.bench
     _check(b.check_sets >= 1, f"bench.check_sets must be >= 1, got {b.check_sets}")

@@ -5,18 +5,24 @@ waits on the pipe and on the process at once, kills the worker on timeout, repor
 and starts a fresh one for the next trial. The worker's stdout/stderr go to a log file, so that a
 noisy candidate cannot scribble over the progress bar, and each result carries its own log lines.
 
-The worker ignores SIGINT (Ctrl-C reaches the whole process group; the study process decides and
-kills the worker), exits by itself when its parent is gone (a SIGKILLed study leaves no orphan
-computing on), and on the CPU runs under an address-space limit (`worker.memory_limit_gb`,
-default 75% of RAM), so that a memory blow-up fails one trial with an allocation error instead of
-taking the machine down.
+The worker is started contained (study/measure/contain.py): in its own session, as the reaper
+of everything it starts, inside bubblewrap's read-only, PID-namespaced sandbox where that works.
+Every process the candidate started is killed before a reply leaves the worker, and the whole
+tree with the worker when it is stopped. It talks to the study over an inherited socket
+(`python -m study.measure.worker ARGS`; its log is its stdout and stderr, opened by the study,
+since the sandbox cannot open files for writing), ignores SIGINT (the study process decides and
+kills the worker), exits by itself when its parent is gone (a lifeline pipe whose other end
+only the study holds reads EOF: a SIGKILLed study leaves no orphan computing on), and on the CPU
+runs under an address-space limit (`worker.memory_limit_gb`, default 75% of RAM), so that a
+memory blow-up fails one trial with an allocation error instead of taking the machine down.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,6 +30,8 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from study.measure import contain
 
 if TYPE_CHECKING:  # the worker imports torch (through kernels) only after redirecting its output
     from kernels import Problem
@@ -48,31 +56,25 @@ def evaluate_task(
     }
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Exit when the study process is gone, even if it was SIGKILLed (no cleanup ran there).
-
-    A daemon thread polls the parent pid. (Not PR_SET_PDEATHSIG: it fires when the *thread*
-    that spawned us ends, and workers may be started from short-lived threads.)
+def _die_with_parent(lifeline: int) -> None:
+    """Exit, with everything the candidate started, when the study process is gone, even if it
+    was SIGKILLed (no cleanup ran there): the study holds the only write end of `lifeline`, so
+    a read returns EOF then. (Not PR_SET_PDEATHSIG: it fires when the *thread* that spawned us
+    ends, and workers may be started from short-lived threads; not the parent pid: inside the
+    sandbox's PID namespace the study's pid is not ours to see.)
     """
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
     def watch() -> None:
         while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.5)
+            try:
+                if not os.read(lifeline, 1):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        contain.kill_descendants()
+        os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
@@ -126,21 +128,22 @@ def _serve(
     device: str,
     plugins: list[str],
     log_path: str,
-    parent_pid: int | None = None,
+    lifeline: int | None = None,
     memory_limit_gb: float | None = None,
 ) -> None:
-    """Worker main loop (runs in the spawned process)."""
+    """Worker main loop (runs in the spawned process; stdout and stderr are the log)."""
     # Ctrl-C in a terminal reaches the whole process group: the study decides, not the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
+    contain.set_subreaper()  # what the candidate starts stays below us, to be killed
+    if lifeline is not None:
+        _die_with_parent(lifeline)
+    log = open(1, "a", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = sys.stderr = log
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     _thread_lock_for_tqdm()
+    # Inductor's compile-worker pool would be killed with a trial's leftovers: compile here.
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     import torch
 
     import kernels
@@ -175,6 +178,9 @@ def _serve(
         except BaseException as exc:  # a candidate may raise anything, SystemExit included
             reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
             print(traceback.format_exc(), flush=True)
+        leftovers = contain.kill_descendants()  # no process of this request outlives it
+        if leftovers:
+            print(f"killed {leftovers} process(es) the candidate left running", flush=True)
         sys.stdout.flush()
         try:
             with open(log_path) as fh:
@@ -194,51 +200,79 @@ class Worker:
         plugins: list[str],
         log_path: Path,
         memory_limit_gb: float | None = None,
+        sandbox: contain.Sandbox | None = None,
     ) -> None:
-        """`memory_limit_gb`: None picks `default_memory_limit_gb(device)`; 0 means no limit."""
+        """`memory_limit_gb`: None picks `default_memory_limit_gb(device)`; 0 means no limit.
+        `sandbox`: how the process is contained (default: bwrap where it works)."""
         self.device = device
+        self.sandbox = sandbox or contain.Sandbox()
         self.memory_limit_gb = (
             default_memory_limit_gb(device) if memory_limit_gb is None else memory_limit_gb
         )
         self.plugins = [str(Path(p).resolve()) for p in plugins]
         self.log_path = Path(log_path)
-        self.process: mp.process.BaseProcess | None = None
+        self.process: contain.Contained | None = None
         self.conn: Connection | None = None
+        self.lifeline: int | None = None
         self.restarts = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve,
-            args=(
-                child,
-                self.device,
-                self.plugins,
-                str(self.log_path),
-                os.getpid(),
-                self.memory_limit_gb,
-            ),
-            daemon=True,
-            name=f"kernel-study-worker-{self.device}",
-        )
-        self.process.start()
-        child.close()
-        self.conn = parent
+        ours, theirs = socket.socketpair()
+        life_r, life_w = os.pipe()
+        args = {
+            "conn": theirs.fileno(),
+            "device": self.device,
+            "plugins": self.plugins,
+            "log_path": str(self.log_path),
+            "lifeline": life_r,
+            "memory_limit_gb": self.memory_limit_gb,
+        }
+        try:
+            with open(self.log_path, "ab") as log:
+                self.process = contain.spawn(
+                    [sys.executable, "-m", "study.measure.worker", json.dumps(args)],
+                    self.sandbox,
+                    gpu=self.device.startswith("cuda"),
+                    pass_fds=(theirs.fileno(), life_r),
+                    stdout=log,
+                    stderr=log,
+                )
+        finally:
+            theirs.close()
+            os.close(life_r)
+        self.conn = Connection(ours.detach())
+        self.lifeline = life_w
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.alive()
 
     def stop(self) -> None:
-        """Kill the process (a hung candidate ignores polite requests)."""
+        """Kill the process and all it started (a hung candidate ignores polite requests)."""
         if self.process is not None:
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join(timeout=10)
+            self.process.kill()
         if self.conn is not None:
             self.conn.close()
-        self.process, self.conn = None, None
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+        self.process, self.conn, self.lifeline = None, None, None
+
+    def _wait(self, timeout_s: float) -> str:
+        """ "reply", "exited" or "timeout": whichever comes first."""
+        assert self.conn is not None and self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            watched: list[Any] = [self.conn]
+            if self.process.sentinel is not None:
+                watched.append(self.process.sentinel)
+            ready = wait(watched, timeout=max(0.0, min(left, 1.0)))
+            if self.conn in ready:
+                return "reply"
+            if ready or not self.process.alive():
+                return "exited"
+            if left <= 0:
+                return "timeout"
 
     def call(self, kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Send one request; on timeout or death, replace the worker and say why."""
@@ -251,15 +285,15 @@ class Worker:
         started = time.monotonic()
         try:
             self.conn.send((kind, payload))
-            ready = wait([self.conn, self.process.sentinel], timeout=timeout_s)
-            if self.conn in ready:
+            ready = self._wait(timeout_s)
+            if ready == "reply":
                 try:
                     reply = self.conn.recv()
                     reply["wall_s"] = round(time.monotonic() - started, 3)
                     return reply
                 except (EOFError, OSError):
                     pass
-            if not ready:
+            if ready == "timeout":
                 self.stop()
                 self.restarts += 1
                 return {
@@ -267,8 +301,8 @@ class Worker:
                     "error": f"timeout: no result after {timeout_s:g} s",
                     "log": self._log_tail(),
                 }
-            self.process.join(timeout=5)
-            reason = _describe_exit(self.process.exitcode)
+            self.process.wait(5)
+            reason = self.process.exit_reason()
             self.stop()
             self.restarts += 1
             return {
@@ -285,3 +319,20 @@ class Worker:
             return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
         except OSError:
             return ""
+
+
+def main(argv: list[str]) -> None:
+    """`python -m study.measure.worker ARGS`: the worker process (Worker.start writes ARGS)."""
+    args = json.loads(argv[0])
+    _serve(
+        Connection(args["conn"]),
+        args["device"],
+        args["plugins"],
+        args["log_path"],
+        args["lifeline"],
+        args["memory_limit_gb"],
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

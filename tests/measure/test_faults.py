@@ -123,6 +123,7 @@ def _start(tmp_path: Path, marker: Path, *extra: str) -> subprocess.Popen:
         "study.name=faults",
         "storage.heartbeat_s=1",
         "study.retime_top_k=0",
+        f"worker.writable=[{marker.parent}]",
         *extra,
     ]
     return subprocess.Popen(
@@ -137,7 +138,7 @@ def _start(tmp_path: Path, marker: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc")
 def test_sigkill_mid_trial_then_rerun_completes(tmp_path):
-    marker = tmp_path / "slow.marker"
+    marker = tmp_path / "markers" / "slow.marker"  # the one folder candidates may write
     db = tmp_path / "outputs" / "studies.db"
     proc = _start(tmp_path, marker, "study.n_trials=1")
     _wait_for_running(db, marker, proc)
@@ -175,12 +176,13 @@ def _start_args(marker: Path) -> list[str]:
         "storage.heartbeat_s=1",
         "study.retime_top_k=0",
         "study.n_trials=1",
+        f"worker.writable=[{marker.parent}]",
     ]
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc")
 def test_sigint_stops_cleanly_with_130(tmp_path):
-    marker = tmp_path / "slow.marker"
+    marker = tmp_path / "markers" / "slow.marker"  # the one folder candidates may write
     db = tmp_path / "outputs" / "studies.db"
     proc = _start(tmp_path, marker, "study.n_trials=3")
     _wait_for_running(db, marker, proc)
