@@ -12,8 +12,9 @@ A command module defines its body, `(args) -> exit status`, and wraps it:
 and gets `main(argv=None) -> int`: `-h`/`--help` prints the usage and exits 0; logging, Optuna's
 verbosity and the warning filters are set once here; an unknown `-option` and every `UserError`
 (study/errors.py; also kernels' PluginError) print `error: <one line>` on stderr and exit 2,
-never a traceback; Ctrl-C prints the command's own message and exits 130. Any other exception
-is a bug and keeps its traceback.
+never a traceback; Ctrl-C prints the command's own message and exits 130, and SIGTERM (what
+`timeout`, SLURM preemption and `kill` send) takes the same path (the trial in flight ends FAIL
+with its reason) and exits 143. Any other exception is a bug and keeps its traceback.
 
 One override grammar. A command that composes the config (run, selfcheck, record) hands its
 overrides to Hydra's compose (study/config.py), so groups, `+key=`, lists and `-m` sweeps mean
@@ -27,9 +28,12 @@ keep working.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,10 +43,9 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
-import kernels
 from kernels import PluginError, Problem
 from study.config import load, problem_from, to_container
-from study.errors import UserError
+from study.errors import Interrupted, UserError, signal_name
 
 HELP = ("-h", "--help")
 USER_ERRORS = (UserError, PluginError)
@@ -83,20 +86,39 @@ def command(
                 return 0
             configure_output(quiet)
             try:
-                unknown = [a for a in args if a.startswith("-") and a not in flags]
-                if unknown:
-                    raise UserError(f"unknown option {unknown[0]}; {usage.splitlines()[0]}")
-                return body(args)
+                with _sigterm_interrupts():
+                    unknown = [a for a in args if a.startswith("-") and a not in flags]
+                    if unknown:
+                        raise UserError(f"unknown option {unknown[0]}; {usage.splitlines()[0]}")
+                    return body(args)
             except USER_ERRORS as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            except KeyboardInterrupt:
-                print(interrupted, file=sys.stderr)
-                return 130
+            except KeyboardInterrupt as exc:
+                name = signal_name(exc)
+                print(interrupted + ("" if name == "SIGINT" else f" ({name})"), file=sys.stderr)
+                return 128 + signal.Signals[name].value
 
         return main
 
     return wrap
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM raises `Interrupted` in the main thread, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def options(
@@ -139,7 +161,8 @@ def as_list(value: str) -> list[str]:
 @dataclass(frozen=True)
 class Setup:
     """What a config-backed command starts from: the config, its device, its problem there,
-    and the user's plugin files (absolute, already loaded in this process)."""
+    and the user's plugin files (absolute paths; never imported in this process: workers and
+    study/registration.py's child process import them)."""
 
     cfg: DictConfig
     device: str
@@ -151,16 +174,17 @@ class Setup:
         return to_container(self.cfg.bench)
 
 
-def load_plugins(paths: Sequence[str]) -> list[str]:
-    """Resolve and import the plugin files; their absolute paths (what a worker loads too)."""
+def plugin_paths(paths: Sequence[str]) -> list[str]:
+    """The plugin files' absolute paths (what a worker loads); a missing one is a user error."""
     plugins = [str(Path(p).expanduser().resolve()) for p in paths]
-    for path in plugins:
-        kernels.load_plugin(path)
+    for given, path in zip(paths, plugins, strict=True):
+        if not Path(path).is_file():
+            raise PluginError(f"plugin file not found: {given}")
     return plugins
 
 
 def setup(overrides: list[str]) -> Setup:
-    """Compose and validate the config, load the plugins, build the problem on the device."""
+    """Compose and validate the config, find the plugins, build the problem on the device."""
     cfg, device = load(overrides)
-    plugins = load_plugins(cfg.space.plugins)
+    plugins = plugin_paths(cfg.space.plugins)
     return Setup(cfg, device, problem_from(cfg, device), plugins)

@@ -32,3 +32,17 @@ def one_line(exc: BaseException, lines: int | None = 1, typed: bool = False) -> 
     if typed:
         text = f"{type(exc).__name__}: {text}"
     return (text or type(exc).__name__)[:LIMIT]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops a command as Ctrl-C does (SIGTERM: `timeout`, SLURM, `kill`); it
+    travels the KeyboardInterrupt paths, so the trial in flight ends FAIL with a reason."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def signal_name(exc: BaseException) -> str:
+    """Which signal a KeyboardInterrupt stands for: Ctrl-C's SIGINT unless it says otherwise."""
+    return getattr(exc, "signal_name", "SIGINT")

@@ -12,6 +12,9 @@ signature on the same device model the entry with the larger confirmed speedup i
 winner's re-timed lower bound; 1 for keep-SDPA; an entry without an interval, from an older
 export, loses to any), a tie keeps the newer. Read it back with `kernels.tuned.load(PATH)`; the
 format is described there.
+
+A study whose records fail their verdict digests (study/seal.py: rewritten after they were
+judged) is refused: nothing of it is exported, the line says why, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import optuna
 
 from kernels.tuned import FORMAT, VERSION
-from study import cli
+from study import cli, registration, seal
 from study.errors import UserError
 from study.measure.env import device_slug
 from study.results.report import measured_complete
@@ -80,22 +83,25 @@ def _plugin_for(variant: str, plugins: list[str]) -> str | None:
     """The plugin file (of those the study used) that registers `variant`; None if built in.
 
     Read from the files' source first: this process's registry may hold another plugin's
-    variant of the same name (two studies, two plugin files, one name).
+    variant of the same name (two studies, two plugin files, one name). A variant registered in
+    a way the scan cannot see (a loop, a helper) is looked up in the registration read in a
+    child process (study/registration.py): this process imports no plugin.
     """
     import kernels
 
     for path in plugins:
         if variant in registered_names(path):
             return str(Path(path).resolve())
-    registry = kernels.variants()
+    registry = kernels.variants()  # the built-ins only
     if variant in registry and registry[variant].source.startswith("kernels."):
         return None
-    for path in plugins:  # registered in a way the source scan cannot see (a loop, a helper)
+    for path in plugins:
         try:
-            if variant in kernels.load_plugin(path):
-                return str(Path(path).resolve())
+            info = registration.read([path]).get(variant)
         except kernels.PluginError:
             continue
+        if info is not None and info.plugin is not None:
+            return str(Path(path).resolve())
     raise ExportError(
         f"variant {variant} is neither built in nor found in the study's plugins {plugins}: "
         "cannot record where to import it from"
@@ -195,7 +201,7 @@ def read_table(path: Path) -> dict[str, Any]:
 
 
 def export(storage_url: str, names: list[str] | None, out: Path) -> list[str]:
-    """Write/merge the table; returns one line per study."""
+    """Write/merge the table; returns one line per study (`refused: ...` for a tampered one)."""
     storage = open_storage(storage_url)
     available = [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
     chosen = names or available
@@ -205,9 +211,15 @@ def export(storage_url: str, names: list[str] | None, out: Path) -> list[str]:
     if not chosen:
         raise ExportError(f"no study in {storage_url}")
     table = read_table(out)
+    store = seal.store_for(storage_url)
     lines = []
     for name in chosen:
         study = optuna.load_study(study_name=name, storage=storage)
+        found = seal.check(study, store)
+        if found.tampered:
+            lines.append(f"{name}: refused: {found.lines()[0]}")
+            continue
+        lines += [f"{name}: warning: {line}" for line in found.lines()]
         entry, why = entry_of(study)
         if entry is None:
             lines.append(f"{name}: {why}")
@@ -231,10 +243,11 @@ def main(args: list[str]) -> int:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ExportError(f"no study database at {url.removeprefix('sqlite:///')}")
     names = cli.as_list(opts["study.name"]) if opts.get("study.name") else None
-    for line in export(url, names, Path(opts["out"])):
+    lines = export(url, names, Path(opts["out"]))
+    for line in lines:
         print(line)
     print(f"tuning table: {opts['out']}")
-    return 0
+    return 1 if any(": refused: " in line for line in lines) else 0
 
 
 if __name__ == "__main__":

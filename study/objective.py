@@ -16,7 +16,8 @@ paired speedup (`speedup_ci`).
 
 States: COMPLETE (correct and timed), PRUNED (ran but incorrect: `rejected_by`), FAIL (could
 not be built or run: `error`). An effective candidate already measured in this study is not
-measured again: the trial copies the earlier verdict and names it in `duplicate_of`.
+measured again: the trial copies the earlier verdict and names it in `duplicate_of`. As a trial
+ends, `sealer` (study/seal.py) stores the digest of its verdict: state, value and attrs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from kernels import Problem
+from study.errors import signal_name
 from study.measure import timing
 from study.measure.env import device_slug
 from study.measure.worker import Worker, evaluate_task
@@ -120,6 +122,7 @@ class Objective:
         extra_attrs: dict[str, Any] | None = None,
         on_result: Callable[[FrozenTrial | None, dict[str, Any]], None] | None = None,
         build_timeout_s: float = 0.0,
+        sealer: Callable[[optuna.Trial, TrialState, float | None], None] | None = None,
     ) -> None:
         self.space = space
         self.worker = worker
@@ -131,8 +134,26 @@ class Objective:
         self.on_result = on_result
         self.build_timeout_s = build_timeout_s
         self.references: dict[str, float] = {}
+        self.sealer = sealer
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Judge the trial, then seal the verdict in the state Optuna will give it."""
+        try:
+            value = self._judge(trial)
+        except optuna.TrialPruned:
+            self._seal(trial, TrialState.PRUNED, None)
+            raise
+        except BaseException:
+            self._seal(trial, TrialState.FAIL, None)
+            raise
+        self._seal(trial, TrialState.COMPLETE, value)
+        return value
+
+    def _seal(self, trial: optuna.Trial, state: TrialState, value: float | None) -> None:
+        if self.sealer is not None:
+            self.sealer(trial, state, value)
+
+    def _judge(self, trial: optuna.Trial) -> float:
         encoded = self.space.suggest(trial)
         candidate = self.space.decode(encoded)
         key = candidate.key()
@@ -167,9 +188,10 @@ class Objective:
         timeout = call_timeout(tags, self.timeout_s, self.build_timeout_s)
         try:
             result = self.worker.call("evaluate", task, timeout)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # Optuna marks the trial FAIL and re-raises; say why in the record.
-            trial.set_user_attr("error", "interrupted: the study was stopped (SIGINT) mid-trial")
+            why = f"interrupted: the study was stopped ({signal_name(exc)}) mid-trial"
+            trial.set_user_attr("error", why)
             trial.set_user_attr("measured", False)
             raise
         return self._record(trial, candidate, result)

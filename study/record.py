@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kernels
-from study import cli
+from study import cli, integrity, registration
 from study.config import ConfigError, to_container
 from study.landscape.table import RESULT_COLUMNS, merge_rounds, param_columns, row_for, write_table
 from study.measure.worker import Worker, evaluate_task
 from study.objective import call_timeout, trial_seed
-from study.space import SpaceError, build_space
+from study.space import build_space
 
 USAGE = "usage: python -m study.record [run overrides] out=PATH.csv [rounds=N]"
 
@@ -50,21 +49,25 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
         setup.bench,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    worker = Worker(device, plugins, Path("outputs/record") / f"{out.stem}.worker.log")
+    logs = Path("outputs/record")
+    sandbox = integrity.sandbox_for(cfg.worker, protected=[out, logs])
+    reading = registration.Reading(
+        plugins, [problem], to_container(cfg.space).get("params"), sandbox
+    )
+    worker = Worker(device, plugins, logs / f"{out.stem}.worker.log", sandbox=sandbox)
     started = time.time()
     try:
         reply = worker.call("env", {}, 300)
         if reply.get("status") != "ok":
+            reading.result()  # a plugin that cannot be imported says why
             raise ConfigError(f"the worker could not start on {device}: {reply.get('error')}")
         env = reply["env"]
+        registry = reading.result()
 
         def ask_supports(names: list[str]) -> dict[str, str | None]:
-            answer = worker.call("supports", {"problem": problem.to_dict(), "names": names}, 300)
-            if answer.get("status") != "ok":
-                raise SpaceError(f"checking variants on {device} failed: {answer.get('error')}")
-            return answer["answers"]
+            return {name: registry[name].supports(problem) for name in names}
 
-        space = build_space(problem, to_container(cfg.space), kernels.variants(), ask_supports)
+        space = build_space(problem, to_container(cfg.space), registry, ask_supports)
         candidates = space.candidates()
         columns = param_columns(space) + list(RESULT_COLUMNS)
         provenance = {
@@ -111,7 +114,7 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
                     f"record {index}: {candidate.label()}",
                 )
                 timeout = call_timeout(
-                    kernels.variants()[candidate.variant].tags,
+                    registry[candidate.variant].tags,
                     float(cfg.worker.timeout_s),
                     float(cfg.worker.build_timeout_s),
                 )

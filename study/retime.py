@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-import kernels
 from kernels import Problem
+from study import registration
 from study.measure import pairing, timing
+from study.measure.contain import Sandbox
 from study.measure.worker import Worker, evaluate_task
 from study.objective import call_timeout, trial_seed
 
@@ -84,17 +85,23 @@ def retime(
     timeout_s: float,
     memory_limit_gb: float | None = None,
     build_timeout_s: float = 0.0,
+    sandbox: Sandbox | None = None,
+    registry: dict[str, registration.VariantInfo] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Re-time each row's spec in its own fresh worker; {trial number: summary}.
 
-    `timeout_s` per round, plus `build_timeout_s` for compile-tagged variants (as in a trial).
+    `timeout_s` per round, plus `build_timeout_s` for compile-tagged variants (as in a trial);
+    the tags come from `registry` (the registration child's answer: this process never imports a
+    plugin), and each worker is contained by `sandbox` as the study's is.
     """
     again: dict[int, dict[str, Any]] = {}
     for row in rows:
         number = int(row["trial"])
-        tags = getattr(kernels.variants().get(row["spec"]["variant"]), "tags", ())
+        tags = getattr((registry or {}).get(row["spec"]["variant"]), "tags", ())
         limit = call_timeout(tags, timeout_s, build_timeout_s)
-        worker = Worker(problem.device, plugins, run_dir / f"retime-{number}.log", memory_limit_gb)
+        worker = Worker(
+            problem.device, plugins, run_dir / f"retime-{number}.log", memory_limit_gb, sandbox
+        )
         results: list[dict[str, Any]] = []
         try:
             for index in range(rounds):

@@ -1,9 +1,11 @@
 """`python -m study.run [overrides]`: one study (or one per `-m` sweep combination).
 
-config -> worker on the device -> search space (what the device can run) -> storage and study
-(resumed when it exists, refused when the environment differs) -> sampler -> objective trials
--> top-k re-timed, each in its own fresh worker (study/retime.py) -> the verdict
-(study/results/verdict.py), first in the terminal, report and dashboard note -> run folder.
+config -> the variants' registration (read in a contained child: this process never imports a
+plugin) and the worker on the device -> search space (what the device can run) -> storage and
+study (resumed when it exists, refused when the environment differs or a record was tampered
+with) -> sampler -> objective trials, each verdict sealed -> top-k re-timed, each in its own
+fresh worker (study/retime.py) -> the verdict (study/results/verdict.py), first in the
+terminal, report and dashboard note -> run folder.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
-import kernels
 from kernels import Problem
-from study import cli
+from study import cli, integrity, registration, seal
 from study.config import expand_sweeps, load, to_container
 from study.errors import UserError
 from study.measure.env import device_slug, differences
@@ -34,7 +35,7 @@ from study.results import dispatch, plots, publish, report, verdict
 from study.retime import retime
 from study.search import make_sampler
 from study.search.callbacks import Patience
-from study.space import Candidate, SearchSpace, SpaceError, build_space
+from study.space import Candidate, SearchSpace, build_space
 from study.storage import join_study, open_storage, redact
 
 log = logging.getLogger("study")
@@ -52,7 +53,10 @@ def make_run_dir(root: Path = Path("outputs/runs")) -> Path:
     while run_dir.exists():
         run_dir = base.with_name(f"{base.name}-{n}")
         n += 1
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
     return run_dir
 
 
@@ -117,14 +121,18 @@ class Progress:
 
 
 def sdpa_panel(
-    worker: Worker, problem: Problem, bench: dict[str, Any], cfg: Any, seed: int
+    worker: Worker,
+    problem: Problem,
+    bench: dict[str, Any],
+    cfg: Any,
+    seed: int,
+    registry: dict[str, registration.VariantInfo],
 ) -> list[dict[str, Any]]:
     """Every SDPA backend that runs here, timed against the default dispatch, for the report."""
-    names = [n for n, v in kernels.variants().items() if "sdpa" in v.tags]
-    answers = worker.call("supports", {"problem": problem.to_dict(), "names": names}, 120)
+    names = [n for n, v in registry.items() if "sdpa" in v.tags]
     rows = []
     for name in names:
-        reason = answers.get("answers", {}).get(name)
+        reason = registry[name].supports(problem)
         if reason:
             rows.append({"variant": name, "status": "n/a", "reason": reason})
             continue
@@ -142,34 +150,39 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
     device = devices[0]
     problem = s.problem.with_device(device)
     run_dir = make_run_dir()
+    store = seal.store_for(str(cfg.storage.url)).create()
+    sandbox = integrity.sandbox_for(cfg.worker, str(cfg.storage.url), store, [run_dir])
     for line in shared_warnings(devices):
         print(line, file=sys.stderr)
+    reading = registration.Reading(
+        plugins, [problem], to_container(cfg.space).get("params"), sandbox
+    )
     workers = [
         Worker(
             d,
             plugins,
             run_dir / ("worker.log" if i == 0 else f"worker-{i}.log"),
             cfg.worker.get("memory_limit_gb"),
+            sandbox,
         )
         for i, d in enumerate(devices)
     ]
     worker = workers[0]
     try:
-        envs = start_all(workers, 120)
+        try:
+            envs = start_all(workers, 120)
+        except UserError:
+            reading.result()  # a plugin that cannot be imported says why, not the worker's exit
+            raise
         env = envs[0]
+        registry = reading.result()
 
         def ask_supports(names: list[str]) -> dict[str, str | None]:
-            reply = worker.call(
-                "supports",
-                {"problem": problem.to_dict(), "names": names},
-                float(cfg.worker.timeout_s),
-            )
-            if reply.get("status") != "ok":
-                raise SpaceError(f"checking variants on {device} failed: {reply.get('error')}")
-            return reply["answers"]
+            return {name: registry[name].supports(problem) for name in names}
 
-        space = build_space(problem, to_container(cfg.space), kernels.variants(), ask_supports)
+        space = build_space(problem, to_container(cfg.space), registry, ask_supports)
         study = open_study(cfg, space, env, problem)
+        key = integrity.open_key(study, store)
         print(
             f"study '{study.study_name}' on {env['device_name']} ({device}), "
             f"{len(space.variants)} variants, {len(space.candidates())} distinct candidates, "
@@ -193,6 +206,7 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
                     "pid": os.getpid(),
                 },
                 build_timeout_s=float(cfg.worker.build_timeout_s),
+                sealer=seal.Sealer(key),
             )
             for w, e in zip(workers, envs, strict=True)
         ]
@@ -213,12 +227,15 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
             )
         finally:
             progress.close()
-        panel = sdpa_panel(worker, problem, bench, cfg, int(cfg.seed))
+        panel = sdpa_panel(worker, problem, bench, cfg, int(cfg.seed), registry)
     finally:
         for w in workers:
             w.stop()
 
-    rows = report.top_k(study, int(cfg.study.top_k))
+    findings = seal.check(study, store)  # a record rewritten while the study ran
+    rows = [
+        r for r in report.top_k(study, int(cfg.study.top_k)) if r["trial"] not in findings.tampered
+    ]
     again = retime(
         rows[: int(cfg.study.retime_top_k)],
         problem,
@@ -230,10 +247,12 @@ def run_one(overrides: list[str], show_progress: bool = True) -> int:
         float(cfg.worker.timeout_s),
         cfg.worker.get("memory_limit_gb"),
         float(cfg.worker.build_timeout_s),
+        sandbox,
+        registry,
     )
     answer = verdict.decide(rows[: int(cfg.study.retime_top_k)] or rows[:1], again).to_dict()
     ranking = report.ranking_verdict(rows, again)
-    notes = report.flags(rows)
+    notes = report.flags(rows) + findings.lines()
     state_counts = report.counts(study)
     print(answer["sentence"])
     print(report.table(rows, again))

@@ -29,14 +29,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import kernels
-from kernels import Problem, Variant
+from kernels import Problem
 from kernels import mutations as mut
-from study import cli
+from study import cli, integrity, registration
 from study.errors import UserError
 from study.measure.worker import Worker, evaluate_task
 from study.objective import call_timeout
-from study.space import UNVERIFIED, Candidate, Unverified
+from study.space import UNVERIFIED, Candidate, Unverified, VariantLike
 
 USAGE = (
     "usage: python -m study.selfcheck [device=... problem=... bench=... space.variants=[a,b] "
@@ -77,14 +76,14 @@ class Planned:
     stage: int = 0  # 0: representative and mutations, 1: a tunable, 2: unverified
 
 
-def _is_valid(variant: Variant, problem: Problem, params: dict[str, Any]) -> bool:
+def _is_valid(variant: VariantLike, problem: Problem, params: dict[str, Any]) -> bool:
     try:
         return variant.valid(problem, params) is None
     except Exception:  # a valid() that cannot answer here (no GPU to ask) rules nothing in
         return False
 
 
-def representative_params(variant: Variant, problem: Problem) -> dict[str, Any] | None:
+def representative_params(variant: VariantLike, problem: Problem) -> dict[str, Any] | None:
     """The first valid combination in the order of the choices (None: there is none)."""
     names = list(variant.params)
     for values in itertools.product(*(variant.params[n] for n in names)):
@@ -95,7 +94,7 @@ def representative_params(variant: Variant, problem: Problem) -> dict[str, Any] 
 
 
 def nearest_valid(
-    variant: Variant, problem: Problem, base: dict[str, Any], fixed: dict[str, Any]
+    variant: VariantLike, problem: Problem, base: dict[str, Any], fixed: dict[str, Any]
 ) -> dict[str, Any] | None:
     """A valid combination with `fixed` set and as few other tunables changed from `base` as
     possible (then the first in the order of the choices); None where there is none."""
@@ -111,7 +110,7 @@ def nearest_valid(
     return None
 
 
-def tunable_rows(variant: Variant, problem: Problem, base: dict[str, Any]) -> list[Planned]:
+def tunable_rows(variant: VariantLike, problem: Problem, base: dict[str, Any]) -> list[Planned]:
     """One row per other value of each tunable ("name=value"), the rest nearest to `base`."""
     rows = []
     for name, choices in variant.params.items():
@@ -124,7 +123,7 @@ def tunable_rows(variant: Variant, problem: Problem, base: dict[str, Any]) -> li
     return rows
 
 
-def _offers(rule: Unverified, variant: Variant, problem: Problem) -> bool:
+def _offers(rule: Unverified, variant: VariantLike, problem: Problem) -> bool:
     if any(value not in variant.params.get(n, []) for n, value in rule.params.items()):
         return False
     for name, value in rule.mutations.items():
@@ -134,7 +133,7 @@ def _offers(rule: Unverified, variant: Variant, problem: Problem) -> bool:
     return True
 
 
-def unverified_rows(variant: Variant, problem: Problem, base: dict[str, Any]) -> list[Planned]:
+def unverified_rows(variant: VariantLike, problem: Problem, base: dict[str, Any]) -> list[Planned]:
     """One unscored row per UNVERIFIED combination this variant can be run with here."""
     rows = []
     for rule in UNVERIFIED:
@@ -147,7 +146,7 @@ def unverified_rows(variant: Variant, problem: Problem, base: dict[str, Any]) ->
     return rows
 
 
-def plan(variant: Variant, problem: Problem) -> list[Planned] | None:
+def plan(variant: VariantLike, problem: Problem) -> list[Planned] | None:
     """The rows selfcheck runs for `variant` on `problem` (None: no valid combination): the
     representative, each mutation value, and on a GPU each tunable value and each unverified
     combination (on the CPU the GPU switches do not apply and the Triton interpreter ignores
@@ -162,7 +161,7 @@ def plan(variant: Variant, problem: Problem) -> list[Planned] | None:
     return rows
 
 
-def mutation_rows(variant: Variant, problem: Problem) -> list[tuple[str, dict[str, Any]]]:
+def mutation_rows(variant: VariantLike, problem: Problem) -> list[tuple[str, dict[str, Any]]]:
     """("label", mutations) per row: none, then each other applicable value one at a time."""
     rows: list[tuple[str, dict[str, Any]]] = [("-", {})]
     for name, choices in mut.ALL_CHOICES.items():
@@ -221,7 +220,7 @@ def _run_row(
     worker: Worker,
     problem: Problem,
     here: Problem,
-    variant: Variant,
+    variant: VariantLike,
     item: Planned,
     bench: dict[str, Any],
     seed: int,
@@ -267,21 +266,21 @@ def check(
     timeout_s: float = 300.0,
     echo: bool = True,
     build_timeout_s: float = 0.0,
+    registry: dict[str, registration.VariantInfo] | None = None,
 ) -> list[Row]:
     """Every planned row of every variant; the table lists them by variant. They run stage by
     stage (the representative and mutation rows of every variant, then the tunables, then the
-    unverified combinations), so that a run cut short has checked every variant once."""
-    registry = kernels.variants()
-    reply = worker.call("supports", {"problem": problem.to_dict(), "names": names}, timeout_s)
-    if reply.get("status") != "ok":
-        raise RuntimeError(f"asking the worker which variants run failed: {reply.get('error')}")
-    answers = reply["answers"]
+    unverified combinations), so that a run cut short has checked every variant once.
+    `registry`: as study/registration.py reads it, answered for `problem` and its shrunk copy
+    (the Triton variants on the CPU); read here when None."""
+    if registry is None:
+        registry = registration.read(worker.plugins, [problem, _shrunk(problem)])
     done: list[tuple[tuple[int, int, int], Row]] = []
-    work: list[tuple[tuple[int, int, int], Variant, Problem, Planned]] = []
+    work: list[tuple[tuple[int, int, int], VariantLike, Problem, Planned]] = []
     for order, name in enumerate(names):
         variant = registry[name]
         builtin = variant.source.startswith("kernels.")
-        reason = answers.get(name)
+        reason = variant.supports(problem)
         if reason:
             done.append(((order, 0, 0), Row(name, "-", "n/a", reason, builtin=builtin)))
             continue
@@ -325,7 +324,8 @@ def main(args: list[str]) -> int:
     keys = [a.split("=", 1)[0].lstrip("+") for a in args]
     overrides = list(args) if "bench" in keys else ["bench=quick", *args]
     s = cli.setup(overrides)
-    registry = kernels.variants()
+    sandbox = integrity.sandbox_for(s.cfg.worker)
+    registry = registration.read(s.plugins, [s.problem, _shrunk(s.problem)], sandbox=sandbox)
     names = list(s.cfg.space.variants) or sorted(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
@@ -338,7 +338,7 @@ def main(args: list[str]) -> int:
         file=sys.stderr,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="selfcheck-"))
-    worker = Worker(s.device, s.plugins, log_dir / "worker.log")
+    worker = Worker(s.device, s.plugins, log_dir / "worker.log", sandbox=sandbox)
     try:
         rows = check(
             s.problem,
@@ -348,6 +348,7 @@ def main(args: list[str]) -> int:
             seed=int(s.cfg.seed),
             timeout_s=max(float(s.cfg.worker.timeout_s), 300.0),
             build_timeout_s=float(s.cfg.worker.build_timeout_s),
+            registry=registry,
         )
     finally:
         worker.stop()

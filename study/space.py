@@ -24,18 +24,29 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import IntDistribution
 
-from kernels import Problem, Variant
+from kernels import Problem
 from kernels import mutations as mut
 from study.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class VariantLike(Protocol):
+    """What the space needs of a variant: `kernels.Variant`, or the data study/registration.py
+    reads in a child process (the study process never imports a plugin)."""
+
+    name: str
+    params: dict[str, list[Any]]
+    tags: tuple[str, ...]
+
+    def valid(self, problem: Problem, params: dict[str, Any]) -> str | None: ...
 
 
 class SpaceError(UserError):
@@ -117,7 +128,7 @@ def unverified_reason(candidate: Candidate) -> str | None:
 @dataclass
 class SearchSpace:
     problem: Problem
-    variants: list[Variant]
+    variants: list[VariantLike]
     choices: dict[str, dict[str, list[Any]]]
     mutations: dict[str, list[Any]]
     excluded: dict[str, str] = field(default_factory=dict)
@@ -175,7 +186,7 @@ class SearchSpace:
             made[name] = mut.make(name, self.mutations[name])
         return made[name]
 
-    def _mutation_reason(self, variant: Variant, name: str, value: Any) -> str | None:
+    def _mutation_reason(self, variant: VariantLike, name: str, value: Any) -> str | None:
         mutation = self._mutation(name)
         return mutation.supports(self.problem, value) or mutation.applies(variant, value)
 
@@ -258,7 +269,7 @@ class SearchSpace:
 def build_space(
     problem: Problem,
     space_cfg: dict[str, Any],
-    registry: dict[str, Variant],
+    registry: Mapping[str, VariantLike],
     supports: Callable[[list[str]], dict[str, str | None]],
 ) -> SearchSpace:
     """Select variants and mutations from the config and keep those that can run the problem.
@@ -292,7 +303,7 @@ def build_space(
 
     excluded: dict[str, str] = {}
     answers = supports(names) if names else {}
-    kept: list[Variant] = []
+    kept: list[VariantLike] = []
     choices: dict[str, dict[str, list[Any]]] = {}
     for name in names:
         reason = answers.get(name)
@@ -337,7 +348,7 @@ def build_space(
 
 def _could_offer(
     rule: Unverified,
-    variants: list[Variant],
+    variants: list[VariantLike],
     choices: dict[str, dict[str, list[Any]]],
     mutations: dict[str, list[Any]],
 ) -> bool:

@@ -41,7 +41,16 @@ COMMANDS = tuple(
     f"study.{c}"
     for c in ("run", "selfcheck", "record", "replay", "export", "dashboard", "evaluate")
 )
-CORE = ("study.config", "study.space", "study.objective", "study.storage", "study.errors")
+CORE = (
+    "study.config",
+    "study.space",
+    "study.objective",
+    "study.storage",
+    "study.errors",
+    "study.registration",
+    "study.seal",
+    "study.integrity",
+)
 
 
 def modules() -> list[tuple[str, Path]]:
