@@ -134,8 +134,12 @@ def child_main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever a plugin prints goes to stderr
     sys.stdout = sys.stderr
+    request = json.loads(argv[0])
+    if any(p.get("device") == "cpu" for p in request["problems"]):
+        # as in the worker: Triton reads it at import, and the CPU runs it interpreted
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
-        reply: dict[str, Any] = collect(json.loads(argv[0]))
+        reply: dict[str, Any] = collect(request)
     except PluginError as exc:
         reply = {"error": str(exc)}
     contain.kill_descendants()
