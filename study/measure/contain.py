@@ -146,8 +146,8 @@ def set_subreaper() -> bool:
         return False
 
 
-def _table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter), read from /proc."""
+def _table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, state letter, start time in clock ticks), read from /proc."""
     table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -157,7 +157,7 @@ def _table() -> dict[int, tuple[int, str]]:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        table[int(entry.name)] = (int(fields[1]), fields[0])
+        table[int(entry.name)] = (int(fields[1]), fields[0], int(fields[19]))
     return table
 
 
@@ -165,7 +165,7 @@ def descendants(root: int, live_only: bool = True) -> list[int]:
     """Every process below `root` in the process tree (zombies left out unless asked)."""
     table = _table()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, *_) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = [], list(children.get(root, []))
     while todo:
@@ -183,7 +183,7 @@ def _signal(pid: int, sig: int) -> None:
 def _reap_children() -> None:
     """Collect the zombies among this process's own children (adopted orphans included)."""
     me = os.getpid()
-    for pid, (ppid, state) in _table().items():
+    for pid, (ppid, state, _) in _table().items():
         if ppid == me and state in ("Z", "X"):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
@@ -243,6 +243,7 @@ class Contained:
         self.popen = popen
         self.sandboxed = sandboxed
         self.pid = popen.pid
+        self._keep: set[int] | None = None
         try:  # readable when the process has exited: a sentinel for connection.wait
             self.sentinel: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -259,6 +260,39 @@ class Contained:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    def _kept(self) -> set[int] | None:
+        """The pids of the command itself as we see them: the process; under bwrap the chain
+        bwrap -> its PID namespace's init -> the command (the first child, by start time)."""
+        if self._keep is None:
+            if not self.sandboxed:
+                self._keep = {self.pid}
+                return self._keep
+            table, chain = _table(), [self.pid]
+            for _ in range(2):
+                kids = [p for p, row in table.items() if row[0] == chain[-1]]
+                if not kids:
+                    return None  # not started yet: nothing can have been left either
+                chain.append(min(kids, key=lambda p: table[p][2]))
+            self._keep = set(chain)
+        return self._keep
+
+    def kill_leftovers(self, rounds: int = 50) -> int:
+        """Kill every process of the tree but the command itself: what a trial left running,
+        killed from outside, whatever the command did to its own code. Returns how many."""
+        keep = self._kept()
+        if keep is None or self.popen.poll() is not None:
+            return 0
+        signalled: set[int] = set()
+        for _ in range(rounds):
+            extra = [p for p in descendants(self.pid) if p not in keep]
+            if not extra:
+                break
+            for pid in extra:
+                _signal(pid, signal.SIGKILL)
+            signalled.update(extra)
+            time.sleep(0.005)
+        return len(signalled)
 
     def kill(self) -> None:
         """Kill the process, its whole subtree and its process group; reap it."""

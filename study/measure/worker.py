@@ -7,8 +7,9 @@ noisy candidate cannot scribble over the progress bar, and each result carries i
 
 The worker is started contained (study/measure/contain.py): in its own session, as the reaper
 of everything it starts, inside bubblewrap's read-only, PID-namespaced sandbox where that works.
-Every process the candidate started is killed before a reply leaves the worker, and the whole
-tree with the worker when it is stopped. It talks to the study over an inherited socket
+Every process the candidate started is killed before a reply leaves the worker, again by the
+study once the reply is in (from outside the worker, whose code a candidate can patch), and the
+whole tree with the worker when it is stopped. It talks to the study over an inherited socket
 (`python -m study.measure.worker ARGS`; its log is its stdout and stderr, opened by the study,
 since the sandbox cannot open files for writing), ignores SIGINT (the study process decides and
 kills the worker), exits by itself when its parent is gone (a lifeline pipe whose other end
@@ -290,6 +291,12 @@ class Worker:
                 try:
                     reply = self.conn.recv()
                     reply["wall_s"] = round(time.monotonic() - started, 3)
+                    # the worker killed its leftovers; this does it from outside its reach
+                    left = self.process.kill_leftovers()
+                    if left:
+                        reply["log"] = str(reply.get("log", "")) + (
+                            f"study: killed {left} process(es) the request left running\n"
+                        )
                     return reply
                 except (EOFError, OSError):
                     pass

@@ -203,13 +203,30 @@ LEAVER = textwrap.dedent("""
 """)
 
 
+# The same, and it switches off the worker's own clean-up (the worker runs candidate code).
+PATCHER = LEAVER.replace(
+    "from kernels import plain_attention, register\n",
+    "from kernels import plain_attention, register\n"
+    "from study.measure import contain\n"
+    "contain.kill_descendants = lambda: 0\n",
+)
+
+
 @LINUX
 @pytest.mark.parametrize("enabled", [False, True], ids=["tree-only", "bwrap"])
-def test_a_worker_kills_what_the_candidate_left_running_before_it_replies(tmp_path, enabled):
+@pytest.mark.parametrize(
+    ("source", "killer"),
+    [(LEAVER, "killed 1 process(es) the candidate left running"),
+     (PATCHER, "study: killed 1 process(es) the request left running")],
+    ids=["in-worker", "from-outside"],
+)  # fmt: skip
+def test_what_the_candidate_left_running_dies_before_the_reply_is_used(
+    tmp_path, enabled, source, killer
+):
     if enabled and not HAS_BWRAP:
         pytest.skip(str(contain.bwrap_problem()))
     plugin = tmp_path / "leaver.py"
-    plugin.write_text(LEAVER)
+    plugin.write_text(source)
     worker = Worker("cpu", [str(plugin)], tmp_path / "worker.log", 0, contain.Sandbox(enabled))
     problem = Problem(1, 2, 2, 32, 32, 16, dtype="float32")
     bench = {"check_sets": 1, "warmup": 1, "buffers": 2, "min_reps": 3, "max_reps": 5,
@@ -218,7 +235,8 @@ def test_a_worker_kills_what_the_candidate_left_running_before_it_replies(tmp_pa
     try:
         reply = worker.call("evaluate", evaluate_task(problem, candidate, bench, 1, "t"), 300)
         assert reply["status"] == "ok", reply
-        assert "killed 1 process(es) the candidate left running" in reply["log"]
+        assert killer in reply["log"], reply["log"]
+        assert ("study: killed" in reply["log"]) == (source is PATCHER), reply["log"]
         # below the worker's root: nothing (tree only), or bwrap's init and the worker
         assert len(contain.descendants(worker.process.pid)) == (2 if enabled else 0)
         assert worker.process.sandboxed == enabled
