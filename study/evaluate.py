@@ -19,6 +19,10 @@ variants gets `variants` (one object each); its own verdict is `ok` when
 every variant is, with the fastest one's figures, else that of the first variant that is not.
 A file that cannot be imported, or registers nothing, is `failed` (the candidate's fault).
 
+This process never imports the file: which variants it registers, and their `supports` and
+`valid` answers, are read in a contained child (study/registration.py), as a study reads them;
+the candidate runs only in the worker, contained as in a study.
+
 A folder: every `*.py` in it not starting with `_`, each judged in a fresh process
 (`python -m study.evaluate FILE ...`), one JSON line each, in name order.
 
@@ -37,10 +41,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kernels
 from kernels import PluginError
 from kernels import mutations as mut
-from study import cli
+from study import cli, integrity, registration
 from study.config import load
 from study.errors import UserError, one_line
 from study.measure.worker import Worker, evaluate_task
@@ -175,9 +178,15 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
     """Judge one file (or the built-in `variant=`): the JSON object (no exit status)."""
     own, overrides = cli.options(args, KEYS, USAGE, overrides=True, prefixes=PREFIXES)
+    params = {
+        k.removeprefix("params."): parse_value(v) for k, v in own.items() if k.startswith("params.")
+    }
+    s = cli.setup([*overrides, plugin_override(path)] if path else overrides)
+    sandbox = integrity.sandbox_for(s.cfg.worker)
     try:  # a mistake in the config is the user's (exit 2); a plugin that will not import, not
-        s = cli.setup([*overrides, plugin_override(path)] if path else overrides)
-        names = kernels.load_plugin(path) if path else []
+        registry = registration.read(
+            s.plugins, [s.problem], sandbox=sandbox, extra={k: [v] for k, v in params.items()}
+        )
     except PluginError as exc:
         _, device = load(overrides)
         return {
@@ -192,7 +201,7 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
         "problem": s.problem.signature(),
         "device": s.device,
     }
-    registry = kernels.variants()
+    names = [n for n, v in registry.items() if path and v.plugin == str(path)]
     if "variant" in own:
         chosen = cli.as_list(own["variant"])
         wrong = [n for n in chosen if n not in registry or (names and n not in names)]
@@ -202,9 +211,6 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
         names = chosen
     elif not names:
         raise UserError(f"name a candidate file or a built-in variant=NAME; {USAGE}")
-    params = {
-        k.removeprefix("params."): parse_value(v) for k, v in own.items() if k.startswith("params.")
-    }
     muts = {
         k.removeprefix("mutations."): parse_value(v)
         for k, v in own.items()
@@ -221,16 +227,14 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
     seed = trial_seed(int(s.cfg.seed), 0)
     log_dir = make_log_dir(path.stem if path else names[0])
     worker = Worker(
-        s.device, s.plugins, log_dir / "worker.log", s.cfg.worker.get("memory_limit_gb")
+        s.device, s.plugins, log_dir / "worker.log", s.cfg.worker.get("memory_limit_gb"), sandbox
     )
     timeout_s = float(s.cfg.worker.timeout_s)
     results = []
     try:
-        answers = worker.call(
-            "supports", {"problem": s.problem.to_dict(), "names": names}, timeout_s
-        )
         for name in names:
-            results.append(judge_variant(name, s, params, muts, answers, worker, seed, timeout_s))
+            variant = registry[name]
+            results.append(judge_variant(variant, s, params, muts, worker, seed, timeout_s))
     finally:
         worker.stop()
     base.update(seed=seed, log=str((log_dir / "worker.log").resolve()))
@@ -238,20 +242,17 @@ def judge_file(path: Path | None, args: list[str]) -> dict[str, Any]:
 
 
 def judge_variant(
-    name: str,
+    variant: registration.VariantInfo,
     s: cli.Setup,
     params: dict[str, Any],
     muts: dict[str, Any],
-    answers: dict[str, Any],
     worker: Worker,
     seed: int,
     timeout_s: float,
 ) -> dict[str, Any]:
     """One variant's verdict, built, gated and timed as a trial."""
-    variant = kernels.variants()[name]
-    if answers.get("status") != "ok":
-        return {"variant": name, "status": "failed", "state": "FAIL", "error": answers.get("error")}
-    reason = answers["answers"].get(name)
+    name = variant.name
+    reason = variant.supports(s.problem)
     if reason:
         return {"variant": name, "status": "unsupported", "state": None, "error": reason}
     for mutation, value in muts.items():  # a choice a study leaves out before it starts
@@ -263,15 +264,11 @@ def judge_variant(
     chosen.update({k: v for k, v in params.items() if k in variant.params})
     candidate = Candidate(name, chosen, dict(muts))
     head = {"variant": name, "label": candidate.label(), "spec": candidate.to_dict()}
-    try:
-        invalid = variant.valid(s.problem, chosen)
-    except Exception as exc:  # the candidate's own valid() raised
-        return head | {
-            "status": "failed",
-            "state": "FAIL",
-            "error": f"valid(): {one_line(exc, typed=True)}",
-        }
-    invalid = invalid or unverified_reason(candidate)  # a study leaves these out too
+    raised = variant.valid_error(s.problem, chosen)
+    if raised:  # the candidate's own valid() raised
+        return head | {"status": "failed", "state": "FAIL", "error": f"valid(): {raised}"}
+    # a study leaves these out too
+    invalid = variant.valid(s.problem, chosen) or unverified_reason(candidate)
     if invalid:
         return head | {
             "status": "rejected",

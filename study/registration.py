@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernels import PluginError, Problem
+from study.errors import one_line
 from study.measure import contain
 
 PLAIN = (type(None), bool, int, float, str)
+RAISED = "valid() raised "
 TIMEOUT_S = 300.0
 LIMIT_BYTES = 256 * 1024 * 1024
 
@@ -68,6 +70,14 @@ class VariantInfo:
         reason = answer["invalid"].get(index)
         return None if reason is None else answer["reasons"][reason]
 
+    def valid_error(self, problem: Problem, params: Mapping[str, Any]) -> str | None:
+        """Where the variant's own valid() raised for `params`: the exception, as one typed
+        line (its `valid` answer is then "valid() raised ...": a study leaves it out)."""
+        reason = self.valid(problem, params)
+        if reason is None or not reason.startswith(RAISED):
+            return None
+        return reason.removeprefix(RAISED)
+
 
 # -- the child: imports the plugins, answers, exits --------------------------------------------
 def _plain(name: str, param: str, values: list[Any]) -> list[Any]:
@@ -80,6 +90,15 @@ def _plain(name: str, param: str, values: list[Any]) -> list[Any]:
     return values
 
 
+def _union(first: list[Any], more: list[Any]) -> list[Any]:
+    """`first`, then the values of `more` it lacks (bool and int told apart)."""
+    out = list(first)
+    for value in more:
+        if not any(v == value and type(v) is type(value) for v in out):
+            out.append(value)
+    return out
+
+
 def _answers(variant: Any, problem: Problem, asked: dict[str, list[Any]]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     invalid: list[list[int]] = []
@@ -89,7 +108,7 @@ def _answers(variant: Any, problem: Problem, asked: dict[str, list[Any]]) -> dic
             try:
                 reason = variant.valid(problem, dict(zip(asked, combo, strict=True)))
             except Exception as exc:  # a plugin's check must not take the reading down
-                reason = f"valid() raised {type(exc).__name__}: {exc}"
+                reason = RAISED + one_line(exc, typed=True)
             if reason:
                 invalid.append([index, reasons.setdefault(str(reason), len(reasons))])
     return {"supports": supports, "reasons": list(reasons), "invalid": invalid}
@@ -110,11 +129,13 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.set_device(torch.device(problem.device))
             break
     overrides = request.get("overrides") or {}
+    extra = request.get("extra") or {}
     variants = {}
     for name, variant in kernels.variants().items():
         mine = dict(overrides.get(name) or {})
         asked = {
-            p: _plain(name, p, list(mine.get(p, values))) for p, values in variant.params.items()
+            p: _plain(name, p, _union(mine.get(p, values), extra.get(p, [])))
+            for p, values in variant.params.items()
         }
         variants[name] = {
             "params": {p: _plain(name, p, list(v)) for p, v in variant.params.items()},
@@ -191,11 +212,16 @@ class Reading:
         problems: Sequence[Problem] = (),
         overrides: Mapping[str, Any] | None = None,
         sandbox: contain.Sandbox | None = None,
+        extra: Mapping[str, list[Any]] | None = None,
     ) -> None:
+        """`overrides`: space.params ({variant: {param: [choices]}}, replacing the registered
+        choices); `extra`: {param: [values]} asked about too, for every variant with that param
+        (study.evaluate's params.P=V)."""
         request = {
             "plugins": [str(p) for p in plugins],
             "problems": [p.to_dict() for p in problems],
             "overrides": {k: dict(v) for k, v in dict(overrides or {}).items()},
+            "extra": {k: list(v) for k, v in dict(extra or {}).items()},
         }
         self.process = contain.spawn(
             [sys.executable, "-m", "study.registration", json.dumps(request)],
@@ -240,9 +266,10 @@ def read(
     problems: Sequence[Problem] = (),
     overrides: Mapping[str, Any] | None = None,
     sandbox: contain.Sandbox | None = None,
+    extra: Mapping[str, list[Any]] | None = None,
 ) -> dict[str, VariantInfo]:
     """Every registered variant (built-ins and `plugins`) as data, answered for `problems`."""
-    return Reading(plugins, problems, overrides, sandbox).result()
+    return Reading(plugins, problems, overrides, sandbox, extra).result()
 
 
 if __name__ == "__main__":

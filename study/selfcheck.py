@@ -26,9 +26,11 @@ import dataclasses
 import itertools
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import kernels
 from kernels import Problem
 from kernels import mutations as mut
 from study import cli, integrity, registration
@@ -266,21 +268,29 @@ def check(
     timeout_s: float = 300.0,
     echo: bool = True,
     build_timeout_s: float = 0.0,
-    registry: dict[str, registration.VariantInfo] | None = None,
+    registry: Mapping[str, VariantLike] | None = None,
 ) -> list[Row]:
     """Every planned row of every variant; the table lists them by variant. They run stage by
     stage (the representative and mutation rows of every variant, then the tunables, then the
     unverified combinations), so that a run cut short has checked every variant once.
     `registry`: as study/registration.py reads it, answered for `problem` and its shrunk copy
-    (the Triton variants on the CPU); read here when None."""
+    (the Triton variants on the CPU; main passes it); None: this process's own registry (the
+    built-ins, unless the caller imported more) with the worker's `supports` answers."""
     if registry is None:
-        registry = registration.read(worker.plugins, [problem, _shrunk(problem)])
+        registry = kernels.variants()
+        ask = {"problem": problem.to_dict(), "names": names}
+        reply = worker.call("supports", ask, timeout_s)
+        if reply.get("status") != "ok":
+            raise RuntimeError(f"asking the worker which variants run failed: {reply.get('error')}")
+        answers = reply["answers"]
+    else:
+        answers = {name: registry[name].supports(problem) for name in names}
     done: list[tuple[tuple[int, int, int], Row]] = []
     work: list[tuple[tuple[int, int, int], VariantLike, Problem, Planned]] = []
     for order, name in enumerate(names):
         variant = registry[name]
         builtin = variant.source.startswith("kernels.")
-        reason = variant.supports(problem)
+        reason = answers.get(name)
         if reason:
             done.append(((order, 0, 0), Row(name, "-", "n/a", reason, builtin=builtin)))
             continue

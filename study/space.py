@@ -45,6 +45,9 @@ class VariantLike(Protocol):
     name: str
     params: dict[str, list[Any]]
     tags: tuple[str, ...]
+    source: str
+
+    def supports(self, problem: Problem) -> str | None: ...
 
     def valid(self, problem: Problem, params: dict[str, Any]) -> str | None: ...
 

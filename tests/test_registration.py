@@ -75,6 +75,10 @@ def test_answers_match_the_workers_and_valid_matches_the_builtins(tmp_path: Path
     assert noisy.valid(CPU, {"block": 32, "flag": "boom"}) == (
         "valid() raised RuntimeError: valid() itself failed"
     )
+    assert noisy.valid_error(CPU, {"block": 32, "flag": "boom"}) == (
+        "RuntimeError: valid() itself failed"
+    )
+    assert noisy.valid_error(CPU, {"block": 128, "flag": "a"}) is None
     with pytest.raises(LookupError, match="not asked about block=64"):
         noisy.valid(CPU, {"block": 64, "flag": "a"})
     other = Problem(batch=2, heads_q=4, heads_kv=2, seq_q=96, seq_kv=96, head_dim=16)
