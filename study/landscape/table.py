@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from study.errors import UserError
+from study.landscape import kerneltuner
 from study.objective import RESULT_ATTRS
 
 FIGURES = ("latency_us", "latency_iqr_us", "latency_min_us", "baseline_latency_us")  # us
@@ -167,8 +168,15 @@ class Table:
 
 
 def load_table(path: str | Path) -> Table:
-    """Read and check a table; every problem with it is a one-line ReplayError."""
+    """Read and check a table, our CSV or a Kernel Tuner cache (`.json`, `.json.gz`:
+    study/landscape/kerneltuner.py); every problem with it is a one-line ReplayError."""
     path = Path(path)
+    if kerneltuner.is_cache_path(path):
+        try:
+            columns, values, index, latency, notes = kerneltuner.read(path)
+        except kerneltuner.CacheError as exc:
+            raise ReplayError(str(exc)) from None
+        return Table(path, columns, values, index, latency, None, notes)
     if not path.is_file():
         raise ReplayError(f"table={path}: no such file")
     try:
