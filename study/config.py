@@ -64,7 +64,7 @@ class SpaceConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "cmaes"
+    name: str = "ga"  # = study.search.DEFAULT_SAMPLER and conf/config.yaml (tested)
     n_startup_trials: int | None = None
     popsize: int | None = None
     population_size: int | None = None

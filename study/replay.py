@@ -1,5 +1,9 @@
 """`python -m study.replay table=PATH.csv sampler=NAME [seeds=N budget=B ...]`: search a table.
 
+A table is our CSV or a Kernel Tuner cache file (`.json`, `.json.gz`;
+study/landscape/kerneltuner.py says how it is read). Without `sampler=`, the default sampler,
+the same as study.run's (`ga`).
+
 The table format, the replay space, the objective and the figures are in study/landscape/ (see
 docs/architecture.md); this module is the command. Cost is counted in evaluations: distinct table
 rows evaluated. `budget=B` stops a study after B evaluations; every study also stops when every
@@ -15,7 +19,9 @@ of the evaluations needed to come within 2% of the table's optimum, and the
 autotuning-methodology score (strategy - random) / (optimum - random) at 10%, 20% and 50% of the
 table's rows, where strategy is the mean over seeds of the best latency found within that many
 evaluations and random the exact expected best of that many distinct rows drawn uniformly
-without replacement. A failed row counts as the table's worst latency in both. Writes a
+without replacement. A failed row counts as the table's worst latency in both. Only the
+budgets that the runs reach are scored: with `budget=B` below a fraction, that fraction is left
+out (and said so) and the score at B is given instead; a miss prints as "> B". Writes a
 markdown table (`out=PATH.md`) and a PNG of best-so-far against evaluations (`plot=PATH.png`,
 default outputs/replay/compare.png).
 """
@@ -109,8 +115,9 @@ def parse(args: list[str]) -> dict[str, Any]:
     if not opts.get("table"):
         raise ReplayError(f"table=PATH.csv is required; {USAGE}")
     opts["tables"] = cli.as_list(opts["table"])
-    samplers = cli.as_list(opts.get("sampler", "cmaes"))
-    from study.search import SAMPLERS
+    from study.search import DEFAULT_SAMPLER, SAMPLERS
+
+    samplers = cli.as_list(opts.get("sampler", DEFAULT_SAMPLER))
 
     known = sorted(set(group_options("sampler")) | set(SAMPLERS))
     for name in samplers:

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from study.landscape.metrics import (
-    BUDGET_FRACTIONS,
     WITHIN,
     best_so_far,
     evaluations_to,
     expected_random_best,
     expected_random_evaluations,
     score,
+    scored_budgets,
     strategy_best,
 )
 from study.landscape.objective import run_study
@@ -26,15 +26,17 @@ from study.landscape.space import ReplaySpace
 from study.landscape.table import Table
 
 
-def _stats(values: list[float]) -> tuple[float, float, float]:
+def _stats(values: list[float], miss: float) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile), a miss (inf) counted as `miss` (budget + 1)."""
     arr = np.array(values, dtype=float)
-    with np.errstate(invalid="ignore"):
-        q1, med, q3 = np.percentile(arr, [25, 50, 75], method="linear")
+    arr[np.isinf(arr)] = miss
+    q1, med, q3 = np.percentile(arr, [25, 50, 75], method="linear")
     return float(med), float(q1), float(q3)
 
 
-def _fmt_count(value: float, size: int) -> str:
-    return f">{size}" if not math.isfinite(value) else f"{value:g}"
+def _fmt_count(value: float, budget: int) -> str:
+    """A count of evaluations; a miss (counted as budget + 1) is "> budget"."""
+    return f">{budget}" if not math.isfinite(value) or value > budget else f"{value:g}"
 
 
 def compare(
@@ -60,15 +62,17 @@ def compare(
         space = ReplaySpace(table)
         n = table.size
         target = table.optimum * (1 + WITHIN)
-        ks = [max(1, math.ceil(f * n)) for f in BUDGET_FRACTIONS]
-        cap = budget if budget is not None else n
+        cap = min(budget, n) if budget is not None else n
+        ks, unreached = scored_budgets(n, cap)
         entry: dict[str, Any] = {
             "table": str(table.path),
             "rows": n,
             "failed_rows": int(np.isnan(table.latency).sum()),
             "optimum_us": table.optimum,
             "within_2pct_rows": int((table.latency <= target).sum()),
+            "budget": cap,
             "budgets": ks,
+            "unreached_budgets": unreached,
             "random": {str(k): expected_random_best(table.latency, k) for k in ks},
             "random_evals_to_2pct": expected_random_evaluations(table.latency, target),
             "samplers": {},
@@ -98,8 +102,8 @@ def compare(
                 )
             evals = [evaluations_to(r.trace, target) for r in runs]
             trials = [float(r.trials_to_target or math.inf) for r in runs]
-            med, q1, q3 = _stats(evals)
-            tmed, _, _ = _stats(trials)
+            med, q1, q3 = _stats(evals, cap + 1)
+            tmed = float(np.median(trials))  # inf where half the seeds or more missed
             scores = {
                 str(k): score(
                     strategy_best([r.trace for r in runs], k, table.worst),
@@ -120,7 +124,7 @@ def compare(
             }
             if progress:
                 print(
-                    f"  {table.path.name} {name}: median {_fmt_count(med, n)} evaluations to 2% "
+                    f"  {table.path.name} {name}: median {_fmt_count(med, cap)} evaluations to 2% "
                     f"({entry['samplers'][name]['seconds']} s)",
                     file=sys.stderr,
                 )
@@ -136,13 +140,22 @@ def markdown(result: dict[str, Any]) -> str:
     for entry in result["tables"]:
         n = entry["rows"]
         ks = entry["budgets"]
+        cap = entry.get("budget", n)
+        unreached = entry.get("unreached_budgets", [])
+        note = ""
+        if unreached:
+            left_out = ", ".join(f"{k} ({round(100 * k / n)}%)" for k in unreached)
+            note = (
+                f" Budget {cap} evaluations: scores at {left_out} of the rows are left out (no "
+                f"run went past {cap}); the score at {cap} is given instead."
+            )
         lines += [
             f"### {Path(entry['table']).name}",
             "",
             f"{n} rows ({entry['failed_rows']} failed), optimum {entry['optimum_us']:.1f} us, "
             f"{entry['within_2pct_rows']} row(s) within 2% of it; {result['seeds']} seeds; "
             f"random search needs {entry['random_evals_to_2pct']:.1f} evaluations on average "
-            "(exact).",
+            f"(exact); a miss is > {cap}.{note}",
             "",
             "| sampler | evals to 2% (median) | IQR | reached | trials to 2% (median) | "
             + " | ".join(f"score @{k} ({round(100 * k / n)}%)" for k in ks)
@@ -152,9 +165,9 @@ def markdown(result: dict[str, Any]) -> str:
         for name, s in entry["samplers"].items():
             q1, q3 = s["iqr_evals"]
             lines.append(
-                f"| {name} | {_fmt_count(s['median_evals'], n)} | "
-                f"{_fmt_count(q1, n)}-{_fmt_count(q3, n)} | {s['reached']}/{result['seeds']} | "
-                f"{_fmt_count(s['median_trials'], n)} | "
+                f"| {name} | {_fmt_count(s['median_evals'], cap)} | "
+                f"{_fmt_count(q1, cap)}-{_fmt_count(q3, cap)} | {s['reached']}/{result['seeds']} | "
+                f"{s['median_trials']:g} | ".replace("inf", "-")
                 + " | ".join(f"{s['scores'][str(k)]:.2f}" for k in ks)
                 + " |"
             )

@@ -20,7 +20,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     entries = result["tables"]
     fig, axes = plt.subplots(1, len(entries), figsize=(6 * len(entries), 4.2), squeeze=False)
     for ax, entry in zip(axes[0], entries, strict=True):
-        optimum, n = entry["optimum_us"], entry["rows"]
+        optimum = entry["optimum_us"]
+        longest = 1
         for name, s in entry["samplers"].items():
             length = max(len(c) for c in s["curves"])
             padded = np.array(
@@ -28,11 +29,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
             )
             rel = padded / optimum
             x = np.arange(1, length + 1)
+            longest = max(longest, length)
             ax.plot(x, np.median(rel, axis=0), label=name)
             ax.fill_between(
                 x, np.percentile(rel, 25, axis=0), np.percentile(rel, 75, axis=0), alpha=0.15
             )
-        ks = np.arange(1, n + 1)
+        # random's expected best only where the runs are drawn, at most 200 points of it
+        ks = np.unique(np.linspace(1, longest, min(longest, 200)).round().astype(int))
         latency = np.array(entry.get("_latency", []), dtype=float)
         if latency.size:
             ax.plot(

@@ -43,8 +43,9 @@ FACTORIES: Mapping[str, Factory] = {
     "nsga2": make_nsga2,
 }
 SAMPLERS = tuple(FACTORIES)
+DEFAULT_SAMPLER = "ga"  # the one default: study.run's config (conf/config.yaml) and study.replay
 
-__all__ = ["FACTORIES", "SAMPLERS", "Factory", "make_sampler", "option_error"]
+__all__ = ["DEFAULT_SAMPLER", "FACTORIES", "SAMPLERS", "Factory", "make_sampler", "option_error"]
 
 
 def option_error(sampler_cfg: Any) -> str | None:
