@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from study.search._screen import PoolScreen
 from study.search.asktell import KnownAwareSampler, Optimizer
 from study.search.dimensions import dimension_sizes, dimension_values, is_categorical
 from study.search.ledger import Ledger
@@ -176,7 +177,12 @@ def _make(sampler_cfg: Mapping[str, Any], space: Any, seed: int, model: bool) ->
     offspring = sampler_cfg.get("offspring")
     offspring = OFFSPRING if offspring is None else offspring
     ledger = Ledger(space, seed)
-    screen = SurrogateScreen(space, ledger, seed) if model and offspring > 1 else None
+    screen: SurrogateScreen | PoolScreen | None = None
+    if model and offspring > 1:
+        if sampler_cfg.get("screen") == "children":  # the additive screen of the children only
+            screen = SurrogateScreen(space, ledger, seed)
+        else:
+            screen = PoolScreen(space, ledger, seed, sampler_cfg)
 
     def first() -> dict[str, int]:
         enc = screen.best_fresh() if screen is not None else ledger.unmeasured(by_variant=True)

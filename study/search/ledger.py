@@ -68,6 +68,10 @@ class Ledger:
         """Know `key`'s value without a trial (an invalid proposal is known at once: None)."""
         self._known[key] = value
 
+    def taken(self) -> list[str]:
+        """Every key that is known or pending (not fresh), for a caller keeping a fresh mask."""
+        return [*self._known, *self._pending_keys]
+
     def measured(self) -> list[tuple[str, float | None]]:
         """(key, value) of everything known, in the order it became known."""
         return list(self._known.items())
