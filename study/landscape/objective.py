@@ -138,12 +138,17 @@ def run_study(
     stop_at: float | None = None,
     min_evaluations: int = 0,
     space: ReplaySpace | None = None,
+    wrap: Any = None,
 ) -> RunResult:
-    """One replay study. Returns the evaluation trace and the trial count."""
+    """One replay study. Returns the evaluation trace and the trial count. `wrap(sampler)`, when
+    given, returns the sampler the study uses (bench/real_landscapes.py times the sampler's own
+    calls through it)."""
     from study.search import make_sampler
 
     space = space or ReplaySpace(table)
     sampler = make_sampler(sampler_config(sampler_name, sampler_options or {}), space, seed)
+    if wrap is not None:
+        sampler = wrap(sampler)
     if storage is None:
         storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
