@@ -54,6 +54,7 @@ class PoolScreen:
         the switches docs/samplers.md compares the parts with."""
         self._space = space
         self._ledger = ledger
+        self._options = dict(options)
         self._rng = np.random.default_rng(seed)
         self._kind = str(options.get("model") or "gp")
         explore = options.get("explore")
@@ -94,7 +95,9 @@ class PoolScreen:
         if self._kind == "additive":
             self._model: Any = AdditiveModel([space.active_encoding(c) for c in cands])
         else:
-            self._model = KernelModel(codes, list(self._ordered))
+            ls = self._options.get("ls")  # research: lengthscales as "a/b/c"
+            grid = [float(x) for x in str(ls).split("/")] if ls else None
+            self._model = KernelModel(codes, list(self._ordered), *([grid] if grid else []))
         self._built = True
 
     # -- what the study knows
@@ -124,7 +127,7 @@ class PoolScreen:
         if row not in self._near_cache:
             diff = self._codes != self._codes[row]
             steps = np.abs(self._codes - self._codes[row])
-            far = diff & (~self._ordered[None, :] | (steps > 2))
+            far = diff & self._ordered[None, :] & (steps > 2)  # a categorical one: any value
             near = (diff.sum(axis=1) <= 2) & ~far.any(axis=1)
             near[row] = False
             self._near_cache[row] = np.flatnonzero(near)

@@ -41,7 +41,12 @@ AMPLITUDE = 1.0
 class KernelModel:
     """A GP over candidates given as codes (candidates x dimensions, one index per value)."""
 
-    def __init__(self, codes: np.ndarray, ordered: Sequence[bool]) -> None:
+    def __init__(
+        self,
+        codes: np.ndarray,
+        ordered: Sequence[bool],
+        lengthscales: Sequence[float] = LENGTHSCALES,
+    ) -> None:
         """codes[i, d]: candidate i's value index in dimension d (distinct values 0..K_d-1; an
         inert dimension is given its own index K_d); ordered[d]: whether d is ordered."""
         codes = np.asarray(codes, dtype=np.int64)
@@ -52,7 +57,8 @@ class KernelModel:
         self.size = codes.shape[0]
         self._tables: dict[float, list[np.ndarray]] = {}
         self._feature_cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.hyper = (RHOS[0], LENGTHSCALES[1], NOISES[1])
+        self.lengthscales = tuple(lengthscales)
+        self.hyper = (RHOS[0], self.lengthscales[len(self.lengthscales) // 2], NOISES[1])
         self._fit: tuple[np.ndarray, Any, np.ndarray, float] | None = None
         self._rows = np.zeros(0, dtype=np.int64)
         self._chol: Any = None
@@ -121,7 +127,7 @@ class KernelModel:
         if choose and m >= 4:
             best: tuple[float, tuple[float, float, float], Any] | None = None
             eye = torch.eye(m, dtype=torch.float64)
-            for ls in LENGTHSCALES:
+            for ls in self.lengthscales:
                 parts = self._parts(rows_a, rows_a, ls)
                 for rho in RHOS if self.dims > 1 else (0.0,):
                     base = torch.from_numpy(self._combine(parts, rho))

@@ -97,15 +97,16 @@ def test_all_measured_stops_the_study(space) -> None:
     assert len(study.trials) <= 17  # the trial that finds nothing left repeats one, then stops
 
 
-def test_the_ga_starts_where_the_model_knows_least(space) -> None:
-    """The screened GA's first pick, with nothing measured, is a candidate of the variant with
-    the most unknowns (chunked: a tunable of its own); a variant never measured stays uncertain,
-    hence attractive, so plain is the second trial, whatever the seed."""
+def test_the_ga_goes_where_the_model_knows_least(space) -> None:
+    """With one candidate measured, the screened GA's next pick differs from it in every
+    dimension (variant, layout, threads): the model is least sure there, whatever the seed."""
     for seed in range(5):
         study = optuna.create_study(sampler=make_sampler({"name": "ga"}, space, seed=seed))
         study.optimize(fake_objective(space), n_trials=2)
-        variants = [space.decode(dict(t.params)).variant for t in study.trials]
-        assert variants[0] == "chunked" and "plain" in variants[1:], variants
+        first, second = (space.decode(dict(t.params)) for t in study.trials)
+        assert first.variant != second.variant, (first, second)
+        assert first.mutations["layout"] != second.mutations["layout"]
+        assert first.mutations["threads"] != second.mutations["threads"]
 
 
 def test_active_encoding_leaves_out_other_variants_tunables(space) -> None:
