@@ -95,9 +95,12 @@ class PoolScreen:
         if self._kind == "additive":
             self._model: Any = AdditiveModel([space.active_encoding(c) for c in cands])
         else:
-            ls = self._options.get("ls")  # research: lengthscales as "a/b/c"
-            grid = [float(x) for x in str(ls).split("/")] if ls else None
-            self._model = KernelModel(codes, list(self._ordered), *([grid] if grid else []))
+            grids = {}  # research: a grid as "a/b/c" (ls, rhos, noises)
+            for key, name in (("ls", "lengthscales"), ("rhos", "rhos"), ("noises", "noises")):
+                if self._options.get(key) is not None:
+                    grids[name] = [float(x) for x in str(self._options[key]).split("/")]
+            ard = bool(self._options.get("ard", 0))
+            self._model = KernelModel(codes, list(self._ordered), ard=ard, **grids)
         self._built = True
 
     # -- what the study knows
@@ -222,6 +225,8 @@ class PoolScreen:
         if self._local:
             parts.append(self._neighbours(observed, fresh))
         rows = np.unique(np.concatenate(parts))
+        if not len(rows):  # no child, no neighbour and no uniform sample (pool=0): any fresh one
+            rows = np.flatnonzero(fresh)
         if not observed:
             return dict(pool[int(self._rng.choice(rows))][0])
         gain = self._score(observed, rows)

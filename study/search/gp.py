@@ -33,9 +33,12 @@ import numpy as np
 import torch
 
 RHOS = (0.0, 0.3, 0.7)  # share of the pairwise-interaction part of the kernel
-LENGTHSCALES = (0.15, 0.5, 2.0)  # of ordered dimensions, in ranks scaled to [0, 1]
+LENGTHSCALES = (0.03, 0.15, 0.5, 2.0)  # of ordered dimensions, in ranks scaled to [0, 1]
 NOISES = (0.01, 0.05, 0.2)  # noise variance, in units of the standardised values' variance
 AMPLITUDE = 1.0
+ARD_FROM = 24  # observations before the dimensions' relevances are chosen (ard)
+ARD_STEPS = (0.25, 4.0)  # the factors a relevance is tried with, one dimension at a time
+ARD_GAIN = 1.0  # log evidence a change must add to be kept (against fitting noise)
 
 
 class KernelModel:
@@ -46,6 +49,9 @@ class KernelModel:
         codes: np.ndarray,
         ordered: Sequence[bool],
         lengthscales: Sequence[float] = LENGTHSCALES,
+        ard: bool = False,
+        rhos: Sequence[float] = RHOS,
+        noises: Sequence[float] = NOISES,
     ) -> None:
         """codes[i, d]: candidate i's value index in dimension d (distinct values 0..K_d-1; an
         inert dimension is given its own index K_d); ordered[d]: whether d is ordered."""
@@ -58,12 +64,16 @@ class KernelModel:
         self._tables: dict[float, list[np.ndarray]] = {}
         self._feature_cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.lengthscales = tuple(lengthscales)
-        self.hyper = (RHOS[0], self.lengthscales[len(self.lengthscales) // 2], NOISES[1])
+        self.rhos, self.noises = tuple(rhos), tuple(noises)
+        self.hyper = (self.rhos[0], self.lengthscales[len(self.lengthscales) // 2], self.noises[1])
         self._fit: tuple[np.ndarray, Any, np.ndarray, float] | None = None
         self._rows = np.zeros(0, dtype=np.int64)
         self._chol: Any = None
         self._chol_hyper = self.hyper
         self._shift, self._scale = 0.0, 1.0
+        self.ard = ard
+        self.weights = np.ones(self.dims)  # relevance of each dimension (ard: chosen)
+        self._chol_weights = self.weights.copy()
 
     # -- the kernel
     def _similarity(self, lengthscale: float) -> list[np.ndarray]:
@@ -87,6 +97,8 @@ class KernelModel:
         if lengthscale not in self._feature_cache:
             tables = self._similarity(lengthscale)
             offsets = np.cumsum([0] + [len(t) for t in tables])
+            self._offsets = offsets
+            self._column_dim = np.repeat(np.arange(self.dims), [len(t) for t in tables])
             onehot = np.zeros((self.size, int(offsets[-1])))
             sim = np.zeros_like(onehot)
             for d, table in enumerate(tables):
@@ -95,16 +107,25 @@ class KernelModel:
             self._feature_cache[lengthscale] = (onehot, sim, sim * sim)
         return self._feature_cache[lengthscale]
 
-    def _parts(self, a: np.ndarray, b: np.ndarray, lengthscale: float) -> tuple[np.ndarray, ...]:
-        """(mean similarity, mean pairwise product) between candidate rows a and b."""
+    def _parts(
+        self, a: np.ndarray, b: np.ndarray, lengthscale: float, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """(weighted mean similarity, weighted mean pairwise product) between candidate rows a
+        and b; the weights are the dimensions' relevances (all 1 without ard)."""
         onehot, sim, squared = self._features(lengthscale)
+        w = self.weights if weights is None else weights
         right = onehot[b].T
-        total = sim[a] @ right  # sum over dimensions of S_d(a, b)
-        squares = squared[a] @ right  # ... of S_d(a, b)^2
-        dims = max(self.dims, 1)
-        additive = total / dims
-        pairs = (total * total - squares) / (dims * (dims - 1)) if dims > 1 else additive
-        return additive, pairs
+        column = w[self._column_dim]
+        total = (sim[a] * column) @ right  # sum over dimensions of w_d S_d(a, b)
+        squares = (squared[a] * column * column) @ right  # ... of (w_d S_d(a, b))^2
+        return self._normalise(total, squares, w)
+
+    def _normalise(self, total: np.ndarray, squares: np.ndarray, w: np.ndarray) -> tuple:
+        sum_w, sum_w2 = float(w.sum()), float((w * w).sum())
+        additive = total / max(sum_w, 1e-12)
+        if self.dims < 2:
+            return additive, additive
+        return additive, (total * total - squares) / max(sum_w * sum_w - sum_w2, 1e-12)
 
     @staticmethod
     def _combine(parts: tuple[np.ndarray, ...], rho: float) -> np.ndarray:
@@ -129,9 +150,9 @@ class KernelModel:
             eye = torch.eye(m, dtype=torch.float64)
             for ls in self.lengthscales:
                 parts = self._parts(rows_a, rows_a, ls)
-                for rho in RHOS if self.dims > 1 else (0.0,):
+                for rho in self.rhos if self.dims > 1 else (0.0,):
                     base = torch.from_numpy(self._combine(parts, rho))
-                    for noise in NOISES:
+                    for noise in self.noises:
                         factor, info = torch.linalg.cholesky_ex(base + (noise + 1e-8) * eye)
                         if int(info) != 0:
                             continue
@@ -143,11 +164,54 @@ class KernelModel:
                             best = (evidence, (rho, ls, noise), factor)
             if best is not None:
                 self.hyper, chol = best[1], best[2]
+                if self.ard and m >= ARD_FROM and self.dims > 1:
+                    kept = self._choose_weights(rows_a, y)
+                    chol = chol if kept is None else kept
         if chol is None:
             chol = self._extend(rows_a)
         self._rows, self._chol, self._chol_hyper = rows_a, chol, self.hyper
+        self._chol_weights = self.weights.copy()
         alpha = torch.cholesky_solve(y, chol)[:, 0].numpy()
         self._fit = (rows_a, chol, alpha, float(values.min()) if m else 0.0)
+
+    def _choose_weights(self, rows: np.ndarray, y: Any) -> Any:
+        """One sweep over the dimensions: each one's relevance times 1/4 or 4 where that adds
+        ARD_GAIN to the log evidence (the other hyperparameters as chosen). Returns the factor
+        of the kept weights (None: none changed)."""
+        rho, ls, noise = self.hyper
+        onehot, sim, squared = self._features(ls)
+        per_dim = []
+        for d in range(self.dims):
+            cols = slice(int(self._offsets[d]), int(self._offsets[d + 1]))
+            s = sim[rows, cols] @ onehot[rows, cols].T
+            per_dim.append((s, squared[rows, cols] @ onehot[rows, cols].T))
+        eye = torch.eye(len(rows), dtype=torch.float64)
+
+        def score(w: np.ndarray) -> tuple[float, Any]:
+            total = sum(wd * s for wd, (s, _) in zip(w, per_dim, strict=True))
+            squares = sum(wd * wd * q for wd, (_, q) in zip(w, per_dim, strict=True))
+            k = torch.from_numpy(self._combine(self._normalise(total, squares, w), rho))
+            factor, info = torch.linalg.cholesky_ex(k + (noise + 1e-8) * eye)
+            if int(info) != 0:
+                return -math.inf, None
+            alpha = torch.cholesky_solve(y, factor)
+            value = -0.5 * float((y * alpha).sum()) - float(torch.log(torch.diagonal(factor)).sum())
+            return value, factor
+
+        weights = self.weights.copy()
+        best, kept = score(weights)
+        changed = False
+        for d in range(self.dims):
+            for step in ARD_STEPS:
+                trial = weights.copy()
+                trial[d] = min(16.0, max(1 / 16, trial[d] * step))
+                value, factor = score(trial)
+                if value > best + ARD_GAIN:
+                    weights, best, kept, changed = trial, value, factor, True
+        if not changed:
+            return None
+        self.weights = weights
+        return kept
 
     def _extend(self, rows: np.ndarray) -> Any:
         """The Cholesky factor of the kernel of `rows` under the current hyperparameters,
@@ -158,6 +222,7 @@ class KernelModel:
         if (
             self._chol is not None
             and self._chol_hyper == self.hyper
+            and np.array_equal(self._chol_weights, self.weights)
             and 0 < k <= len(rows)
             and np.array_equal(rows[:k], old)
         ):
