@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/real_landscapes.md")
     parser.add_argument("--plots", type=Path, default=ROOT / "bench/results/real_landscapes")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
     from study.search import DEFAULT_SAMPLER, SAMPLERS
 
@@ -574,6 +575,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(head) + "\n" + text + "\n"
     print(text)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    Path(p).name: {
+                        n: {"evals": f["evals"], "ms_per_eval": f["ms_per_eval"]}
+                        for n, f in e["samplers"].items()
+                    }
+                    for p, e in results.items()
+                },
+                indent=1,
+            )
+        )
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as fh:  # a results file keeps every run, newest last
