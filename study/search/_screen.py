@@ -41,6 +41,7 @@ EXPLORE_EVERY = 6  # one trial in this many is model-free
 DISTRUST_EVERY = 2  # ... one in this many while the model's predictions miss
 NEIGHBOURS_OF = 3  # the best this many measured candidates lend their neighbours to the pool
 NEIGHBOUR_CAP = 256
+FREE = "luc"  # the model-free trials in turn: local (l), uniform (u), the GA's child (c)
 TRUST_WINDOW = 8  # the model's last picks its calibration is judged on
 TRUST_LIMIT = 4.0  # mean squared standardised error beyond which the model is not trusted
 
@@ -67,7 +68,8 @@ class PoolScreen:
         self._calls = 0
         self._picked: dict[int, tuple[float, float]] = {}  # row -> predicted (log mean, log sd)
         self._errors: deque[float] = deque(maxlen=TRUST_WINDOW)
-        self._near_cache: dict[int, np.ndarray] = {}
+        self._near_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._free = str(options.get("free") or FREE)
         self._last_mean = self._last_sd = np.zeros(0)
         self._fitted_at = -100  # observations at the last choice of hyperparameters
         self.trusted = True
@@ -124,17 +126,17 @@ class PoolScreen:
         return observed if log_safe([v for _, v in observed]) else None
 
     # -- the pool
-    def _near(self, row: int) -> np.ndarray:
-        """Every candidate that differs from `row` in one or two dimensions, by at most two
-        steps in an ordered one (computed once per row)."""
-        if row not in self._near_cache:
+    def _near(self, row: int, steps: int = 2, dims: int = 2) -> np.ndarray:
+        """Every candidate that differs from `row` in at most `dims` dimensions, by at most
+        `steps` steps in an ordered one and to any value in a categorical one (computed once
+        per row)."""
+        if (row, steps, dims) not in self._near_cache:
             diff = self._codes != self._codes[row]
-            steps = np.abs(self._codes - self._codes[row])
-            far = diff & self._ordered[None, :] & (steps > 2)  # a categorical one: any value
-            near = (diff.sum(axis=1) <= 2) & ~far.any(axis=1)
+            far = diff & self._ordered[None, :] & (np.abs(self._codes - self._codes[row]) > steps)
+            near = (diff.sum(axis=1) <= dims) & ~far.any(axis=1)
             near[row] = False
-            self._near_cache[row] = np.flatnonzero(near)
-        return self._near_cache[row]
+            self._near_cache[(row, steps, dims)] = np.flatnonzero(near)
+        return self._near_cache[(row, steps, dims)]
 
     def _neighbours(self, observed: list[tuple[int, float]], fresh: np.ndarray) -> np.ndarray:
         if not observed:
@@ -204,6 +206,23 @@ class PoolScreen:
         every = self._explore if self.trusted else min(self._explore or DISTRUST_EVERY, 2)
         return every > 0 and self._calls % every == every - 1
 
+    def _model_free(
+        self, observed: list[tuple[int, float]] | None, child_rows: list[int], fresh: np.ndarray
+    ) -> int:
+        """A model-free trial, in turn: a one-step neighbour of the best measured candidate
+        (`l`), a uniformly drawn fresh candidate (`u`), the GA's own child (`c`)."""
+        kind = self._free[self.explored % len(self._free)]
+        self.explored += 1
+        if kind == "l" and observed:
+            best = min(observed, key=lambda o: o[1])[0]
+            near = self._near(best, steps=1, dims=1)
+            near = near[fresh[near]]
+            if len(near):
+                return int(self._rng.choice(near))
+        if kind == "c" and child_rows:
+            return child_rows[0]
+        return int(self._rng.choice(np.flatnonzero(fresh)))
+
     def pick(self, children: list[dict[str, int]]) -> dict[str, int] | None:
         """This trial's candidate (an encoding), or None where nothing is fresh."""
         self._build()
@@ -216,11 +235,7 @@ class PoolScreen:
         observed = self._observed()
         child_rows = self._children_rows(children, fresh)
         if observed is None or self._explore_now():
-            self.explored += 1
-            if child_rows and self.explored % 2 == 0:
-                return dict(pool[child_rows[0]][0])
-            choices = np.flatnonzero(fresh)
-            return dict(pool[int(self._rng.choice(choices))][0])
+            return dict(pool[self._model_free(observed, child_rows, fresh)][0])
         parts = [np.asarray(child_rows, dtype=np.int64), self._uniform(fresh)]
         if self._local:
             parts.append(self._neighbours(observed, fresh))

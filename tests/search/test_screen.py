@@ -128,3 +128,27 @@ def test_a_failure_is_no_measurement_to_judge_a_prediction_by(
     ledger.record(key, None)
     screen._check_trust()
     assert not screen._picked and not screen._errors
+
+
+def test_model_free_trials_take_turns_local_uniform_child(space: landscape.ReplaySpace) -> None:
+    ledger = Ledger(space, 0)
+    screen = PoolScreen(space, ledger, 0, {})
+    screen._build()
+    codes = space.table.index
+    best = int(np.flatnonzero((codes == [3, 2, 0, 1]).all(axis=1))[0])
+    observed = [(best, 100.0), (best + 1, 200.0)]
+    fresh = np.ones(space.table.size, dtype=bool)
+    fresh[[best, best + 1]] = False
+    child = 7
+    picks = [screen._model_free(observed, [child], fresh) for _ in range(6)]
+    for turn in (0, 3):  # local: one dimension, one step (any value of a categorical one)
+        diff = np.flatnonzero(codes[picks[turn]] != codes[best])
+        assert len(diff) == 1
+        assert (
+            diff[0] >= 2 or abs(int(codes[picks[turn]][diff[0]]) - int(codes[best][diff[0]])) == 1
+        )
+    assert picks[2] == picks[5] == child  # the GA's child
+    assert screen.explored == 6
+    fresh[screen._near(best, steps=1, dims=1)] = False  # no local move left: a uniform one
+    screen.explored = 0
+    assert fresh[screen._model_free(observed, [], fresh)]
