@@ -70,6 +70,8 @@ class PoolScreen:
         self._errors: deque[float] = deque(maxlen=TRUST_WINDOW)
         self._near_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._free = str(options.get("free") or FREE)
+        self._restart = int(options.get("restart") or 0)  # research: restarts of the local part
+        self._best_seen, self._improved_at, self._restart_at = math.inf, 0, 0
         self._last_mean = self._last_sd = np.zeros(0)
         self._fitted_at = -100  # observations at the last choice of hyperparameters
         self.trusted = True
@@ -86,9 +88,11 @@ class PoolScreen:
         values = dimension_values(space)
         sizes = dimension_sizes(space)
         codes = np.empty((len(cands), len(names)), dtype=np.int64)
+        kinds: dict[frozenset[str], int] = {}  # the sets of active dimensions, numbered
         for i, c in enumerate(cands):
             active = space.active_encoding(c)
-            codes[i] = [active.get(n, sizes[n]) for n in names]  # inert: a value of its own
+            kind = kinds.setdefault(frozenset(active), len(kinds))
+            codes[i] = [active.get(n, sizes[n] + kind) for n in names]  # inert: per kind
         self._codes = codes
         self._ordered = np.array(
             [not is_categorical(n, values.get(n, list(range(sizes[n])))) for n in names]
@@ -102,7 +106,9 @@ class PoolScreen:
                 if self._options.get(key) is not None:
                     grids[name] = [float(x) for x in str(self._options[key]).split("/")]
             ard = bool(self._options.get("ard", 0))
-            self._model = KernelModel(codes, list(self._ordered), ard=ard, **grids)
+            self._model = KernelModel(
+                codes, list(self._ordered), ard=ard, sizes=[sizes[n] for n in names], **grids
+            )
         self._built = True
 
     # -- what the study knows
@@ -206,6 +212,19 @@ class PoolScreen:
         every = self._explore if self.trusted else min(self._explore or DISTRUST_EVERY, 2)
         return every > 0 and self._calls % every == every - 1
 
+    def _local_base(self, observed: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The measurements the local moves start from: all of them, or with `restart=R` those
+        since the last restart (one after R evaluations without improving the best)."""
+        if not self._restart:
+            return observed
+        best = min(v for _, v in observed)
+        if best < self._best_seen:
+            self._best_seen, self._improved_at = best, len(observed)
+        stalled = len(observed) - max(self._improved_at, self._restart_at)
+        if stalled >= self._restart:
+            self._restart_at = len(observed)
+        return observed[self._restart_at :] or observed
+
     def _model_free(
         self, observed: list[tuple[int, float]] | None, child_rows: list[int], fresh: np.ndarray
     ) -> int:
@@ -214,7 +233,7 @@ class PoolScreen:
         kind = self._free[self.explored % len(self._free)]
         self.explored += 1
         if kind == "l" and observed:
-            best = min(observed, key=lambda o: o[1])[0]
+            best = min(self._local_base(observed), key=lambda o: o[1])[0]
             near = self._near(best, steps=1, dims=1)
             near = near[fresh[near]]
             if len(near):
@@ -238,7 +257,7 @@ class PoolScreen:
             return dict(pool[self._model_free(observed, child_rows, fresh)][0])
         parts = [np.asarray(child_rows, dtype=np.int64), self._uniform(fresh)]
         if self._local:
-            parts.append(self._neighbours(observed, fresh))
+            parts.append(self._neighbours(self._local_base(observed), fresh))
         rows = np.unique(np.concatenate(parts))
         if not len(rows):  # no child, no neighbour and no uniform sample (pool=0): any fresh one
             rows = np.flatnonzero(fresh)

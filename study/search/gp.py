@@ -9,7 +9,9 @@ data say how much of each it needs:
 - per dimension, a similarity of two values in [0, 1]: 1 for equal values; for an ordered
   dimension (numeric, 3 values or more) exp(-|rank distance| / lengthscale) with ranks scaled to
   [0, 1], so neighbouring tile sizes inform each other; 0 for different categorical values. An
-  inert dimension (a tunable of another variant) is a value of its own;
+  inert dimension (a tunable of another variant) is a category of its own per kind of candidate
+  (per set of active dimensions): two SDPA rows are alike in a tile size neither has, an SDPA
+  row and a Python-loop row are not;
 - the kernel of two candidates: (1 - rho) x the mean of their per-dimension similarities (an
   additive function of the dimensions) + rho x the mean over pairs of dimensions of the products
   of two similarities (pairwise interactions), times an amplitude, plus noise;
@@ -52,13 +54,20 @@ class KernelModel:
         ard: bool = False,
         rhos: Sequence[float] = RHOS,
         noises: Sequence[float] = NOISES,
+        sizes: Sequence[int] | None = None,
     ) -> None:
-        """codes[i, d]: candidate i's value index in dimension d (distinct values 0..K_d-1; an
-        inert dimension is given its own index K_d); ordered[d]: whether d is ordered."""
+        """codes[i, d]: candidate i's value index in dimension d; ordered[d]: whether d is
+        ordered; sizes[d]: its number of values (default: every code is one). A code at or
+        beyond sizes[d] is no value of d but a category of its own (an inert dimension, one
+        code per kind of candidate it is inert for): similar to itself only."""
         codes = np.asarray(codes, dtype=np.int64)
         live = [d for d in range(codes.shape[1]) if len(np.unique(codes[:, d])) > 1]
         self.codes = codes[:, live]
         self.ordered = [bool(ordered[d]) for d in live]
+        top = self.codes.max(axis=0) + 1 if len(self.codes) else np.zeros(len(live), int)
+        self.values = [
+            int(sizes[d]) if sizes is not None else int(t) for d, t in zip(live, top, strict=True)
+        ]
         self.dims = len(live)
         self.size = codes.shape[0]
         self._tables: dict[float, list[np.ndarray]] = {}
@@ -81,12 +90,13 @@ class KernelModel:
         if lengthscale not in self._tables:
             tables = []
             for d in range(self.dims):
-                k = int(self.codes[:, d].max()) + 1
-                if self.ordered[d] and k >= 3:
-                    rank = np.arange(k) / (k - 1)
-                    table = np.exp(-np.abs(rank[:, None] - rank[None, :]) / lengthscale)
-                else:
-                    table = np.eye(k)
+                table = np.eye(int(self.codes[:, d].max()) + 1)
+                real = self.values[d]
+                if self.ordered[d] and real >= 3:
+                    rank = np.arange(real) / (real - 1)
+                    table[:real, :real] = np.exp(
+                        -np.abs(rank[:, None] - rank[None, :]) / lengthscale
+                    )
                 tables.append(table)
             self._tables[lengthscale] = tables
         return self._tables[lengthscale]

@@ -103,3 +103,14 @@ def test_transform_caps_the_slow_tail() -> None:
     assert np.allclose(standardised * scale + shift, capped)
     assert standardised.mean() == pytest.approx(0.0, abs=1e-12)
     assert standardised.std() == pytest.approx(1.0)
+
+
+def test_an_inert_code_is_a_category_of_its_own() -> None:
+    """Dimension 0 has 4 ordered values and two inert codes (4, 5: two kinds of candidate for
+    which it is inert); an inert code is similar to itself only, not to the nearest value."""
+    codes = np.array([[v, f] for v in range(6) for f in range(2)], dtype=np.int64)
+    model = KernelModel(codes, [True, False], sizes=[4, 2])
+    table = model._similarity(0.5)[0]
+    assert table.shape == (6, 6)
+    assert table[3, 2] == pytest.approx(np.exp(-(1 / 3) / 0.5))  # ordered among the values
+    assert table[3, 4] == 0.0 and table[4, 5] == 0.0 and table[4, 4] == 1.0
