@@ -41,7 +41,8 @@ EXPLORE_EVERY = 6  # one trial in this many is model-free
 DISTRUST_EVERY = 2  # ... one in this many while the model's predictions miss
 NEIGHBOURS_OF = 3  # the best this many measured candidates lend their neighbours to the pool
 NEIGHBOUR_CAP = 256
-FREE = "luc"  # the model-free trials in turn: local (l), uniform (u), the GA's child (c)
+FREE = "uc"  # the model-free trials in turn: uniform (u), the GA's child (c); local (l) too
+STALL = 30  # evaluations without a better best, after which model-free trials are local moves
 TRUST_WINDOW = 8  # the model's last picks its calibration is judged on
 TRUST_LIMIT = 4.0  # mean squared standardised error beyond which the model is not trusted
 
@@ -70,6 +71,8 @@ class PoolScreen:
         self._errors: deque[float] = deque(maxlen=TRUST_WINDOW)
         self._near_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._free = str(options.get("free") or FREE)
+        stall = options.get("stall")
+        self._stall = STALL if stall is None else int(stall)  # 0: never
         self._restart = int(options.get("restart") or 0)  # research: restarts of the local part
         self._best_seen, self._improved_at, self._restart_at = math.inf, 0, 0
         self._last_mean = self._last_sd = np.zeros(0)
@@ -217,9 +220,6 @@ class PoolScreen:
         since the last restart (one after R evaluations without improving the best)."""
         if not self._restart:
             return observed
-        best = min(v for _, v in observed)
-        if best < self._best_seen:
-            self._best_seen, self._improved_at = best, len(observed)
         stalled = len(observed) - max(self._improved_at, self._restart_at)
         if stalled >= self._restart:
             self._restart_at = len(observed)
@@ -228,10 +228,13 @@ class PoolScreen:
     def _model_free(
         self, observed: list[tuple[int, float]] | None, child_rows: list[int], fresh: np.ndarray
     ) -> int:
-        """A model-free trial, in turn: a one-step neighbour of the best measured candidate
-        (`l`), a uniformly drawn fresh candidate (`u`), the GA's own child (`c`)."""
+        """A model-free trial: a one-step neighbour of the best measured candidate (`l`) while
+        the best has not improved for `stall` evaluations and such a neighbour is left, else in
+        turn a uniformly drawn fresh candidate (`u`) and the GA's own child (`c`)."""
         kind = self._free[self.explored % len(self._free)]
         self.explored += 1
+        if observed and self._stall and len(observed) - self._improved_at >= self._stall:
+            kind = "l"
         if kind == "l" and observed:
             best = min(self._local_base(observed), key=lambda o: o[1])[0]
             near = self._near(best, steps=1, dims=1)
@@ -252,6 +255,10 @@ class PoolScreen:
             return None
         pool = self._ledger.candidates()
         observed = self._observed()
+        if observed:
+            best = min(v for _, v in observed)
+            if best < self._best_seen:
+                self._best_seen, self._improved_at = best, len(observed)
         child_rows = self._children_rows(children, fresh)
         if observed is None or self._explore_now():
             return dict(pool[self._model_free(observed, child_rows, fresh)][0])

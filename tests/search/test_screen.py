@@ -132,7 +132,7 @@ def test_a_failure_is_no_measurement_to_judge_a_prediction_by(
 
 def test_model_free_trials_take_turns_local_uniform_child(space: landscape.ReplaySpace) -> None:
     ledger = Ledger(space, 0)
-    screen = PoolScreen(space, ledger, 0, {})
+    screen = PoolScreen(space, ledger, 0, {"free": "luc", "stall": 0})
     screen._build()
     codes = space.table.index
     best = int(np.flatnonzero((codes == [3, 2, 0, 1]).all(axis=1))[0])
@@ -152,3 +152,22 @@ def test_model_free_trials_take_turns_local_uniform_child(space: landscape.Repla
     fresh[screen._near(best, steps=1, dims=1)] = False  # no local move left: a uniform one
     screen.explored = 0
     assert fresh[screen._model_free(observed, [], fresh)]
+
+
+def test_a_stalled_search_moves_locally(space: landscape.ReplaySpace) -> None:
+    """Model-free trials take their turns (here: the GA's child) until the best has not
+    improved for `stall` evaluations; then each is a one-step neighbour of the best."""
+    screen = PoolScreen(space, Ledger(space, 0), 0, {"stall": 5, "free": "c"})
+    screen._build()
+    codes = space.table.index
+    best = int(np.flatnonzero((codes == [3, 2, 0, 1]).all(axis=1))[0])
+    near = set(screen._near(best, steps=1, dims=1).tolist())
+    child = next(r for r in range(space.table.size) if r not in near and r != best)
+    fresh = np.ones(space.table.size, dtype=bool)
+    observed = [(best, 100.0)] + [(r, 200.0) for r in range(200, 205)]
+    fresh[[best, *range(200, 205)]] = False
+    screen._improved_at = 2  # 4 evaluations since the best improved: not stalled
+    assert screen._model_free(observed, [child], fresh) == child
+    screen._improved_at = 1  # 5: stalled
+    picks = {screen._model_free(observed, [child], fresh) for _ in range(4)}
+    assert picks <= near and len(picks) >= 2
