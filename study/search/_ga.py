@@ -3,10 +3,12 @@
 - ga: a genetic algorithm of our own: population (about the square root of the number of
   distinct candidates unless configured), tournament selection, uniform crossover, per-gene
   mutation (random value, or one step for ordered dimensions), elitism (the best of parents and
-  children survive), generations, and surrogate screening (pre-selection): each trial gets the
-  fresh one of `offspring` (16) children with the largest expected improvement under a
-  Bayesian additive model of log latency (study/search/surrogate.py). The first generation is the
-  model's picks over every fresh candidate.
+  children survive), generations, and screening (study/search/_screen.py): each trial gets, of
+  a pool of the `offspring` (16) children, the best candidates' neighbours and a uniform sample
+  of the space, the fresh one with the largest expected improvement under a Gaussian process of
+  log latency (study/search/gp.py), with a share of model-free trials that cannot be starved.
+  `screen=children` in the sampler config is the screen this replaced: the children only,
+  under the additive model of study/search/surrogate.py (kept for the comparison).
 - ga_plain: the same GA without the model (one child per trial; first generation stratified by
   variant with weight sqrt(its candidates)), kept as the baseline the screening is measured
   against.
