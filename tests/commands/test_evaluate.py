@@ -16,7 +16,7 @@ import pytest
 
 from study import evaluate
 from tests.conftest import TINY, load_only_study, run_study
-from tests.measure.test_hostile import EXPECTED, HONEST, HOSTILE
+from tests.measure.test_hostile import EXPECTED, HONEST, HOSTILE, allowed
 from tests.results.test_report import finished_study  # noqa: F401 - the shared session fixture
 
 BUILTIN = ["plain", "chunked", "sdpa", "sdpa_flash"]
@@ -109,7 +109,7 @@ def test_every_hostile_file_gets_the_verdict_a_study_gives(hostile, name):
     result = results[name]
     for variant, got in by_variant(result).items():
         if variant in EXPECTED:
-            assert (got["state"], got.get("rejected_by")) == ("PRUNED", EXPECTED[variant]), got
+            assert got["state"] == "PRUNED" and got.get("rejected_by") in allowed(variant), got
         elif variant in HONEST:
             assert got["status"] == "ok", got
         else:  # the GPU-only file on the CPU: left out, as a study leaves it out

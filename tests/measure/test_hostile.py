@@ -17,9 +17,17 @@ from tests.conftest import TINY, load_only_study, run_study
 
 HOSTILE = Path(__file__).resolve().parent.parent / "hostile"
 
-# variant -> the rejected_by it must end with (PRUNED)
-EXPECTED = {
-    "hostile_freed_memory": "nan",
+# variant -> the rejected_by it must end with (PRUNED), or the set of those it may end with
+# where the check that catches it depends on something no test controls:
+# hostile_freed_memory returns torch.empty: uninitialised memory. The gate poisons the free
+# blocks of the output's size with NaN first, so stale answers cannot pass, but which block the
+# CPU allocator hands out is glibc's choice (torch allocates with posix_memalign, which does not
+# take the most recently freed block first): a poisoned one fails the NaN check, fresh zeroed
+# pages or another tensor's old values fail the error bound. Both are the value checks; what is
+# guaranteed, and asserted, is that it never passes them (issue #20: "nan" alone failed a
+# fresh-clone run with "tolerance").
+EXPECTED: dict[str, str | frozenset[str]] = {
+    "hostile_freed_memory": frozenset({"nan", "tolerance"}),
     "hostile_constant": "tolerance",
     "hostile_mean_of_v": "tolerance",
     "hostile_write_inputs": "inputs_modified",
@@ -59,6 +67,12 @@ EXPECTED = {
 HONEST = ["hostile_control_honest", "plain"]
 
 
+def allowed(variant: str) -> set[str]:
+    """The rejected_by values `variant` may end with (EXPECTED's note says when more than one)."""
+    check = EXPECTED[variant]
+    return set(check) if isinstance(check, frozenset) else {check}
+
+
 def _plugins(gpu: bool = False) -> list[str]:
     return sorted(
         str(p)
@@ -90,10 +104,10 @@ def test_every_hostile_candidate_is_caught_beside_an_honest_one(tmp_path):
     by_variant = {t.user_attrs["variant"]: t for t in study.trials}
     assert set(by_variant) == set(variants)
     wrong = {}
-    for name, check in EXPECTED.items():
+    for name in EXPECTED:
         trial = by_variant[name]
         got = (trial.state.name, trial.user_attrs.get("rejected_by"), trial.user_attrs.get("error"))
-        if got[:2] != ("PRUNED", check):
+        if got[0] != "PRUNED" or got[1] not in allowed(name):
             wrong[name] = got
     assert not wrong, wrong
     for name in HONEST:
