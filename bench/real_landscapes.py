@@ -199,37 +199,12 @@ def kernel_tuner_available() -> bool:
 
 
 def _cache_of(table: Any) -> tuple[dict[str, Any], dict[str, int]]:
-    """The table as a Kernel Tuner cache (every row, failed ones as RuntimeFailedConfig) and
-    each cache key's row. An inert cell (empty in a CSV) is the value "-"."""
-    columns = table.columns
-    tune_params = {c: list(table.values[c]) for c in columns}
-    for j, c in enumerate(columns):
-        if (table.index[:, j] < 0).any():
-            tune_params[c].append("-")
-    cache: dict[str, Any] = {}
-    rows: dict[str, int] = {}
-    for r in range(table.size):
-        point = [
-            table.values[c][i] if i >= 0 else "-"
-            for c, i in zip(columns, table.index[r].tolist(), strict=True)
-        ]
-        key = ",".join(str(v) for v in point)
-        latency = float(table.latency[r])
-        entry: dict[str, Any] = dict(zip(columns, point, strict=True))
-        entry["time"] = "RuntimeFailedConfig" if math.isnan(latency) else latency / 1000.0
-        entry |= {"compile_time": 0.0, "verification_time": 0.0, "benchmark_time": 0.0}
-        cache[key] = entry
-        rows[key] = r
-    data = {
-        "device_name": "replay",
-        "kernel_name": "replay",
-        "problem_size": [1],
-        "tune_params_keys": columns,
-        "tune_params": tune_params,
-        "objective": "time",
-        "cache": cache,
-    }
-    return data, rows
+    """The table as a Kernel Tuner cache (study/landscape/kerneltuner.py's writer: every row,
+    failed ones as RuntimeFailedConfig, an inert cell as "-") and each cache key's row."""
+    from study.landscape import kerneltuner
+
+    data = kerneltuner.from_table(table)
+    return data, {key: r for r, key in enumerate(data["cache"])}
 
 
 _KT_CACHES: dict[str, tuple[str, dict[str, Any], dict[str, int]]] = {}

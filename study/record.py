@@ -1,5 +1,10 @@
 """`python -m study.record [run overrides] out=PATH.csv`: measure every candidate into a table.
 
+`out=PATH.json` or `PATH.json.gz` (or `format=kerneltuner`) writes the table as a Kernel Tuner
+cache file instead (study/landscape/kerneltuner.py says how the table maps onto one; our
+provenance is inside it, under `kernel_study`), which Kernel Tuner's simulation mode and
+`study.replay` both read.
+
 The table is what `study.replay` searches (docs/architecture.md; the format and its writer:
 study/landscape/table.py): one row per distinct valid effective candidate of the configured space
 (`SearchSpace.candidates()`, what an exhaustive search measures), one column per dimension of
@@ -10,9 +15,9 @@ of another variant is left empty: it is inert for that row), then the result col
 (`status=error`). Every candidate is built, gated and timed against SDPA by the same worker and
 harness as a live trial, with the same per-trial input seed (`trial_seed(seed, row)`).
 
-A provenance side file PATH.json records the device and software versions, the date, the
-problem, the space, the bench settings and the overrides. The table is rewritten after each
-measurement, so an interrupted recording keeps what it measured.
+A provenance side file PATH.json (for a CSV) records the device and software versions, the
+date, the problem, the space, the bench settings and the overrides. The table is rewritten after
+each measurement, so an interrupted recording keeps what it measured.
 
 `rounds=N` measures every candidate N times, each round in a new shuffled order, and keeps the
 median over rounds: a minute of machine drift then moves one of a row's N figures, not the row.
@@ -31,15 +36,71 @@ from typing import Any
 
 from study import cli, integrity, registration
 from study.config import ConfigError, to_container
-from study.landscape.table import RESULT_COLUMNS, merge_rounds, param_columns, row_for, write_table
+from study.errors import UserError
+from study.landscape import kerneltuner
+from study.landscape.table import (
+    RESULT_COLUMNS,
+    ReplayError,
+    load_table,
+    merge_rounds,
+    param_columns,
+    row_for,
+    write_table,
+)
 from study.measure.worker import Worker, evaluate_task
 from study.objective import call_timeout, trial_seed
 from study.space import build_space
 
-USAGE = "usage: python -m study.record [run overrides] out=PATH.csv [rounds=N]"
+USAGE = (
+    "usage: python -m study.record [run overrides] out=PATH.csv|PATH.json[.gz] [rounds=N] "
+    "[format=csv|kerneltuner]"
+)
+FORMATS = ("csv", "kerneltuner")
 
 
-def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
+def format_of(out: str, given: str | None) -> str:
+    """The table format: `given`, else the one `out`'s name says; a mismatch is a user error."""
+    by_name = (
+        "csv" if out.endswith(".csv") else "kerneltuner" if kerneltuner.is_cache_path(out) else None
+    )
+    if given is not None and given not in FORMATS:
+        raise ConfigError(f"format={given} is not known; known: {', '.join(FORMATS)}")
+    if by_name is None:
+        raise ConfigError(
+            f"out={out} must name a .csv file or a Kernel Tuner cache (.json, .json.gz)"
+        )
+    if given is not None and given != by_name:
+        suffix = ".csv" if given == "csv" else ".json or .json.gz"
+        raise ConfigError(f"out={out} does not fit format={given} (its name must end {suffix})")
+    return by_name
+
+
+class CacheWriter:
+    """Keeps a Kernel Tuner cache in step with the CSV that record writes as it measures."""
+
+    def __init__(self, out: Path, problem: Any, device_name: str) -> None:
+        self.out, self.problem, self.device_name = out, problem, device_name
+        self.error: str | None = None
+
+    def update(self, table_csv: Path, provenance: dict[str, Any]) -> None:
+        try:
+            table = load_table(table_csv)
+        except ReplayError as exc:  # e.g. every row so far failed: no cache can hold that yet
+            self.error = str(exc)
+            return
+        self.error = None
+        p = self.problem
+        data = kerneltuner.from_table(
+            table,
+            device_name=self.device_name,
+            kernel_name=f"attention {p.signature()}",
+            problem_size=[p.batch, p.heads_q, p.heads_kv, p.seq_q, p.seq_kv, p.head_dim],
+            extra=provenance,
+        )
+        kerneltuner.write(self.out, data)
+
+
+def record(overrides: list[str], out: Path, rounds: int = 1, fmt: str = "csv") -> int:
     setup = cli.setup(overrides)
     cfg, device, problem, plugins, bench = (
         setup.cfg,
@@ -63,6 +124,9 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
             raise ConfigError(f"the worker could not start on {device}: {reply.get('error')}")
         env = reply["env"]
         registry = reading.result()
+        # a cache is converted from the CSV after each measurement; the CSV lives with the logs
+        table_csv = out if fmt == "csv" else logs / f"{out.name}.table.csv"
+        cache = CacheWriter(out, problem, str(env.get("device_name"))) if fmt != "csv" else None
 
         def ask_supports(names: list[str]) -> dict[str, str | None]:
             return {name: registry[name].supports(problem) for name in names}
@@ -120,7 +184,9 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
                 )
                 result = worker.call("evaluate", task, timeout)
                 results[index].append(result)
-                counts = write_table(out, columns, space, candidates, results)
+                counts = write_table(table_csv, columns, space, candidates, results)
+                if cache is not None:
+                    cache.update(table_csv, provenance)
                 row = row_for(space, candidate, merge_rounds(results[index]))
                 print(
                     f"  round {round_no + 1}/{rounds} [{done + 1}/{len(candidates)}] "
@@ -134,23 +200,31 @@ def record(overrides: list[str], out: Path, rounds: int = 1) -> int:
     provenance["counts"] = counts
     provenance["load_average_at_end"] = list(os.getloadavg())
     provenance["duration_s"] = round(time.time() - started, 1)
-    out.with_suffix(".json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json')}: {counts}", file=sys.stderr)
+    if cache is None:
+        out.with_suffix(".json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+        print(f"wrote {out} and {out.with_suffix('.json')}: {counts}", file=sys.stderr)
+        return 0
+    cache.update(table_csv, provenance)
+    if cache.error is not None:
+        raise UserError(f"no Kernel Tuner cache written: {cache.error} (the rows: {table_csv})")
+    print(
+        f"wrote {out} (a Kernel Tuner cache; the rows as CSV: {table_csv}): {counts}",
+        file=sys.stderr,
+    )
     return 0
 
 
 @cli.command(USAGE, interrupted="interrupted: the rows measured so far are in the table")
 def main(args: list[str]) -> int:
-    opts, overrides = cli.options(args, ("out", "rounds"), USAGE, overrides=True)
+    opts, overrides = cli.options(args, ("out", "rounds", "format"), USAGE, overrides=True)
     rounds = opts.get("rounds", "1")
     out = opts.get("out")
     if not rounds.isdigit() or int(rounds) < 1:
         raise ConfigError(f"rounds={rounds} must be a positive integer")
     if not out:
         raise ConfigError(f"out=PATH.csv is required; {USAGE}")
-    if not out.endswith(".csv"):
-        raise ConfigError(f"out={out} must name a .csv file")
-    return record(overrides, Path(out), int(rounds))
+    fmt = format_of(out, opts.get("format"))
+    return record(overrides, Path(out), int(rounds), fmt)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,16 @@ in the space (a proposal of one is `not_in_table`, as in any replay table).
 
 Only what replay needs is read; the loader is vectorised per column, so a cache of 100,000
 entries loads in a few seconds, most of it JSON parsing.
+
+Written (`from_table`, `write`; `study.record format=kerneltuner`, bench/real_landscapes.py):
+one entry per table row, `time` = the row's value (the table's value column: `value_us`, the
+paired value a study minimises, where recorded, else `latency_us`) in milliseconds, a failed or
+incorrect row `RuntimeFailedConfig` with our reason in `kernel_study_note`; an inert cell (a
+tunable of another variant) is the value "-" (Kernel Tuner has no inert parameters, so it is
+one more value of that parameter there, and reads back as one); `tune_params` holds each
+parameter's values, and only the rows are in `cache` (the rest of the product is, to Kernel
+Tuner, excluded by restrictions). Extra top-level keys (our provenance under `kernel_study`)
+are ignored by Kernel Tuner and by this reader.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from typing import Any
 import numpy as np
 
 SUFFIXES = (".json", ".json.gz")
+INERT = "-"  # the written value of a parameter that is inert for a row
+FAILED = "RuntimeFailedConfig"  # Kernel Tuner's error string for a row without a latency
 
 
 def is_cache_path(path: str | Path) -> bool:
@@ -147,3 +159,58 @@ def _parse(text: str) -> Any:
         return float(text)
     except ValueError:
         return text
+
+
+def from_table(
+    table: Any,
+    device_name: str = "replay",
+    kernel_name: str = "replay",
+    problem_size: Any = 1,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A replay table (study/landscape/table.py's Table) as a Kernel Tuner cache object."""
+    columns = list(table.columns)
+    tune_params = {c: list(table.values[c]) for c in columns}
+    for j, c in enumerate(columns):
+        if (table.index[:, j] < 0).any():
+            tune_params[c].append(INERT)
+    cache: dict[str, Any] = {}
+    for r in range(table.size):
+        point = [
+            table.values[c][i] if i >= 0 else INERT
+            for c, i in zip(columns, table.index[r].tolist(), strict=True)
+        ]
+        entry: dict[str, Any] = dict(zip(columns, point, strict=True))
+        value = float(table.latency[r])
+        if math.isnan(value):
+            entry["time"] = FAILED
+            note = table.notes[r] if r < len(table.notes) else ""
+            if note:
+                entry["kernel_study_note"] = note
+        else:
+            entry["time"] = value / 1000.0
+        entry |= {"compile_time": 0.0, "verification_time": 0.0, "benchmark_time": 0.0}
+        cache[",".join(str(v) for v in point)] = entry
+    data: dict[str, Any] = {
+        "device_name": device_name,
+        "kernel_name": kernel_name,
+        "problem_size": problem_size,
+        "tune_params_keys": columns,
+        "tune_params": tune_params,
+        "objective": "time",
+        "cache": cache,
+    }
+    if extra:
+        data["kernel_study"] = extra
+    return data
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    """Write a cache object (gzip where the name ends .gz), atomically: a reader never sees half
+    a file, and an interrupted recording keeps the last complete one."""
+    raw = (json.dumps(data, default=str) + "\n").encode("utf-8")
+    if path.name.lower().endswith(".gz"):
+        raw = gzip.compress(raw, mtime=0)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(raw)
+    partial.replace(path)

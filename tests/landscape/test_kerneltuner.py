@@ -159,3 +159,39 @@ def test_a_bad_cache_is_one_line_and_exit_2(
 def test_cache_paths_are_recognised_by_name() -> None:
     assert kerneltuner.is_cache_path("a/b.json") and kerneltuner.is_cache_path("B.JSON.GZ")
     assert not kerneltuner.is_cache_path("a.csv") and not kerneltuner.is_cache_path("a.gz")
+
+
+def test_a_table_written_as_a_cache_reads_back_as_the_same_table(tmp_path: Path) -> None:
+    """Our CSV (one recorded row failed, inert cells) -> a cache -> the same rows and values;
+    an inert cell becomes the value "-" (Kernel Tuner has no inert parameters)."""
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text(
+        "variant,chunked.chunk,mut.threads,value_us,latency_us,status,rejected_by\n"
+        "plain,,0,41.5,40.0,ok,\n"
+        "chunked,16,0,30.25,31.0,ok,\n"
+        "chunked,32,1,,,rejected,tolerance\n"
+        "chunked,32,0,22.0,23.5,ok,\n"
+    )
+    table = landscape.load_table(csv_path)
+    for name in ("t.json", "t.json.gz"):
+        out = tmp_path / name
+        kerneltuner.write(out, kerneltuner.from_table(table, "cpu", "attention x", [1], {"a": 1}))
+        data = kerneltuner.read_json(out)
+        assert (out.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
+        assert data["tune_params_keys"] == ["variant", "chunked.chunk", "mut.threads"]
+        assert data["tune_params"]["chunked.chunk"] == [16, 32, "-"]
+        assert data["kernel_study"] == {"a": 1} and data["objective"] == "time"
+        entry = data["cache"]["chunked,32,1"]
+        assert entry["time"] == "RuntimeFailedConfig" and "tolerance" in entry["kernel_study_note"]
+        assert data["cache"]["plain,-,0"]["time"] == pytest.approx(0.0415)  # value_us, in ms
+        back = landscape.load_table(out)
+        assert back.columns == table.columns and back.size == 4
+        assert np.array_equal(np.isnan(back.latency), np.isnan(table.latency))
+        assert np.nanmax(np.abs(back.latency - table.latency)) < 1e-9
+        assert [back.label(r) for r in range(4)] == [
+            "variant=plain, chunked.chunk=-, mut.threads=0",
+            "variant=chunked, chunked.chunk=16, mut.threads=0",
+            "variant=chunked, chunked.chunk=32, mut.threads=1",
+            "variant=chunked, chunked.chunk=32, mut.threads=0",
+        ]
+        assert not (tmp_path / (name + ".partial")).exists()
