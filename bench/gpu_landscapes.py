@@ -17,7 +17,9 @@ drawn here has their ingredients, with random strengths:
 - restrictions: the product of the block dimensions must lie in [32, 1024] threads (the rest is
   not in the cache, as Kernel Tuner's restrictions leave it out); configurations over a
   "register" budget of tile x block fail (RuntimeFailedConfig), and 2% fail at random;
-- 1% noise; 1,500 to 20,000 configurations (seeds outside are skipped, deterministically).
+- 1% noise; 1,500 to 20,000 configurations (seeds outside are skipped, deterministically;
+  `--min-rows/--max-rows` move the range: `--min-rows 50000 --max-rows 100000` draws the large
+  tables on which bench/real_landscapes.py measures each sampler's own time per evaluation).
 """
 
 from __future__ import annotations
@@ -108,8 +110,14 @@ def draw(seed: int) -> dict[str, Any]:
     }
 
 
-def write(folder: Path, count: int, first_seed: int = 0) -> list[Path]:
-    """The first `count` seeds from `first_seed` whose table has MIN_ROWS..MAX_ROWS rows with at
+def write(
+    folder: Path,
+    count: int,
+    first_seed: int = 0,
+    min_rows: int = MIN_ROWS,
+    max_rows: int = MAX_ROWS,
+) -> list[Path]:
+    """The first `count` seeds from `first_seed` whose table has min_rows..max_rows rows with at
     least one that did not fail."""
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -117,7 +125,7 @@ def write(folder: Path, count: int, first_seed: int = 0) -> list[Path]:
     while len(paths) < count:
         data = draw(seed)
         ok = any(not isinstance(e["time"], str) for e in data["cache"].values())
-        if MIN_ROWS <= len(data["cache"]) <= MAX_ROWS and ok:
+        if min_rows <= len(data["cache"]) <= max_rows and ok:
             path = folder / f"gpu_synthetic{seed:03d}.json.gz"
             path.write_bytes(gzip.compress(json.dumps(data).encode()))
             paths.append(path)
@@ -130,8 +138,11 @@ def main() -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--landscapes", type=int, default=8)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--min-rows", type=int, default=MIN_ROWS)
+    parser.add_argument("--max-rows", type=int, default=MAX_ROWS)
     args = parser.parse_args()
-    for path in write(args.folder, args.landscapes, args.first_seed):
+    found = write(args.folder, args.landscapes, args.first_seed, args.min_rows, args.max_rows)
+    for path in found:
         data = json.loads(gzip.decompress(path.read_bytes()))
         times = [e["time"] for e in data["cache"].values()]
         good = [t for t in times if not isinstance(t, str)]
