@@ -40,6 +40,13 @@ import torch
 
 DEFAULT_NAME = "kernel_study"
 TUNED = "tuned"
+
+
+def _refusal(entry: dict[str, Any]) -> str | None:
+    """kernels.tuned.refusal (imported on use: tuned imports this module)."""
+    from kernels.tuned import refusal
+
+    return refusal(entry)
 SDPA = "sdpa"
 
 
@@ -195,8 +202,10 @@ class TransformersBackend:
             signature = self.attn.signature(query, k, v, causal, scaling)
             if signature is None:
                 why = "tensors that are no attention problem of the table"
-            elif self.attn.entry_for(signature, query.device)[0] is None:
+            elif (entry := self.attn.entry_for(signature, query.device)[0]) is None:
                 why = "a shape, dtype or device the table has no entry for"
+            elif refused := _refusal(entry):
+                why = f"{signature}: {refused}"
             else:
                 run = self.attn.runner(query, k, v, causal, scaling)
                 if run is None:

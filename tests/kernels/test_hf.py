@@ -1,8 +1,10 @@
 """The transformers backend (kernels/hf.py) on a tiny random Llama with grouped-query heads.
 
 The table is tuned by real (short) studies on the model's own prefill and first decode shapes
-and exported by study.export. `generate` through the backend must give the tokens of
-transformers' `sdpa` implementation and logits within the gate's bound of a float64 model;
+and exported by study.export; for the dispatch under test each entry is then pointed at its
+study's best measured candidate (see `table`). `generate` through the backend must give the
+tokens of transformers' `sdpa` implementation and logits within the gate's bound of a float64
+model;
 the torch profiler counts the SDPA calls independently of the backend's own count, so the
 tuned path is shown to run instead of SDPA; shapes not in the table, masks and the kernel hub's
 name clash are checked too.
@@ -10,15 +12,18 @@ name clash are checked too.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import transformers
+from optuna.trial import TrialState
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -56,12 +61,17 @@ SHAPE = [
 PREFILL = [f"problem.seq_q={PROMPT}", f"problem.seq_kv={PROMPT}", "problem.causal=true"]
 DECODE = ["problem.seq_q=1", f"problem.seq_kv={PROMPT + 1}", "problem.causal=false"]
 NO_ENTRY = "sdpa: a shape, dtype or device the table has no entry for"
+SIGNATURES = {
+    f"B1-H{HEADS}kv{KV_HEADS}-S{PROMPT}-D{HEAD_DIM}-fp32-causal",
+    f"B1-H{HEADS}kv{KV_HEADS}-Sq1kv{PROMPT + 1}-D{HEAD_DIM}-fp32-full",
+}
 MASKED = "sdpa: an attention_mask"
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two short real studies (the prefill and the first decode step), exported into one table."""
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Two short real studies (the prefill and the first decode step), exported into one table;
+    (the table, the storage URL)."""
     cwd = tmp_path_factory.mktemp("hf")
     for shape in (PREFILL, DECODE):
         proc = run_study(cwd, *SHAPE, *shape)
@@ -70,11 +80,40 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     url = f"sqlite:///{cwd / 'outputs' / 'studies.db'}"
     assert export.main([f"storage.url={url}", f"out={out}"]) == 0
     entries = tuned.load(out).entries
-    assert set(entries) == {
-        f"B1-H{HEADS}kv{KV_HEADS}-S{PROMPT}-D{HEAD_DIM}-fp32-causal",
-        f"B1-H{HEADS}kv{KV_HEADS}-Sq1kv{PROMPT + 1}-D{HEAD_DIM}-fp32-full",
-    }
-    return out
+    assert set(entries) == SIGNATURES
+    for per_device in entries.values():
+        (entry,) = per_device.values()
+        assert entry["verdict"] in ("winner", "keep_sdpa"), entry
+        assert (entry["variant"] == "sdpa") == (entry["verdict"] == "keep_sdpa"), entry
+    return out, url
+
+
+@pytest.fixture(scope="module")
+def table(exported: tuple[Path, str]) -> Path:
+    """The exported table with every entry made its study's best measured candidate.
+
+    At these toy shapes whether grouped or chunked beats SDPA is a matter of microseconds and
+    load, and the export follows the study's verdict (keep SDPA, mostly; that rule is
+    tests/commands/test_export.py's and test_verdict.py's). What this module tests is the
+    backend: that a winner entry really runs in place of SDPA and gives SDPA's tokens. So each
+    entry gets its study's best COMPLETE trial (the spec the study measured, built-in variant)
+    as a winner; the figures that would vouch for it are left out, so `tuned.refusal` has none
+    to refuse on."""
+    out, url = exported
+    data = json.loads(out.read_text())
+    for per_device in data["entries"].values():
+        for entry in per_device.values():
+            study = optuna.load_study(study_name=entry["study"], storage=url)
+            complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+            best = min(complete, key=lambda t: t.value)
+            spec = best.user_attrs["spec"]
+            for key in ("reason", "best_alternative", "retimed", "retimed_interval", "speedup"):
+                entry.pop(key, None)
+            entry.update(verdict="winner", variant=spec["variant"], spec=spec, plugin=None)
+            entry.update(label=best.user_attrs.get("label", spec["variant"]), trial=best.number)
+    winners = out.with_name("winners.json")
+    winners.write_text(json.dumps(data))
+    return winners
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +257,33 @@ def test_a_causal_mask_takes_the_tuned_path_and_gives_its_result(models, fresh_s
     with torch.no_grad():
         fallback, _ = sdpa_attention_forward(attention, q, k, v, ~mask, scaling=scale)
     torch.testing.assert_close(wrong, fallback, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_keep_sdpa_entry_runs_sdpa_and_says_why(exported, tmp_path, fresh_seed):
+    """The export as the studies judged it, with the prefill entry's verdict keep SDPA: its
+    calls take SDPA with the verdict as the reason, and no keep-SDPA entry is ever run."""
+    out, _ = exported
+    data = json.loads(out.read_text())
+    prefill = f"B1-H{HEADS}kv{KV_HEADS}-S{PROMPT}-D{HEAD_DIM}-fp32-causal"
+    (entry,) = data["entries"][prefill].values()
+    entry.update(verdict="keep_sdpa", reason="a tie with SDPA", variant="sdpa")
+    path = tmp_path / "keep.json"
+    path.write_text(json.dumps(data))
+    backend = tuned.register_transformers(path, name="kernel_study_keep")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(**CONFIG), attn_implementation="kernel_study_keep"
+    ).eval()
+    gen = torch.Generator().manual_seed(fresh_seed)
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, PROMPT), generator=gen)
+    with torch.no_grad():
+        model(ids)
+    keep = f"sdpa: {prefill}: the study's verdict is to keep SDPA (a tie with SDPA)"
+    assert dict(backend.counts) == {keep: LAYERS}, backend.summary()
+    for per_device in json.loads(out.read_text())["entries"].values():
+        for exported_entry in per_device.values():
+            if exported_entry["verdict"] == "keep_sdpa":
+                assert tuned.refusal(exported_entry), exported_entry
 
 
 CLASH = textwrap.dedent("""
