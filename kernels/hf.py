@@ -41,12 +41,6 @@ import torch
 DEFAULT_NAME = "kernel_study"
 TUNED = "tuned"
 
-
-def _refusal(entry: dict[str, Any]) -> str | None:
-    """kernels.tuned.refusal (imported on use: tuned imports this module)."""
-    from kernels.tuned import refusal
-
-    return refusal(entry)
 SDPA = "sdpa"
 
 
@@ -204,7 +198,7 @@ class TransformersBackend:
                 why = "tensors that are no attention problem of the table"
             elif (entry := self.attn.entry_for(signature, query.device)[0]) is None:
                 why = "a shape, dtype or device the table has no entry for"
-            elif refused := _refusal(entry):
+            elif refused := self.attn.refusal(entry):
                 why = f"{signature}: {refused}"
             else:
                 run = self.attn.runner(query, k, v, causal, scaling)

@@ -109,6 +109,8 @@ def signature_of(
 class TunedAttention:
     """SDPA's signature; dispatches to the table's winner where one applies."""
 
+    refusal = staticmethod(refusal)  # for kernels/hf.py, which must not import this module
+
     def __init__(self, table: dict[str, Any], source: str = "<table>") -> None:
         if table.get("format") != FORMAT:
             raise ValueError(f"{source} is not a kernel-study tuning table (format {FORMAT})")

@@ -49,12 +49,12 @@ def test_optuna_cli_lists_our_study_and_its_trials(finished_study):  # noqa: F81
         assert row["state"] == trial.state.name
         # the value under its metric name, as the study named it
         value = trial.value if trial.state == TrialState.COMPLETE else None
-        assert row["value"] == {"latency_us": value}
+        assert row["value"] == {"value_us": value}
         assert row["user_attrs"]["variant"] == trial.user_attrs["variant"]
 
     best = optuna_cli("best-trial", "--study-name", study.study_name, "--storage", url)
     assert best["number"] == study.best_trial.number
-    assert best["value"] == {"latency_us": study.best_value}
+    assert best["value"] == {"value_us": study.best_value}
 
 
 def free_port() -> int:
