@@ -465,8 +465,9 @@ def supports(problem: Problem) -> str | None:
     )
 
 
-def _hint_reason(problem: Problem, eviction: str, cache: str) -> str | None:
+def _hint_reason(problem: Problem, params: dict[str, Any]) -> str | None:
     """None where the load hints change the compiled code (see HINTS_REACH_CODE), else why not."""
+    cache = params["kv_cache"]
     if not problem.is_cuda:
         return "kv_eviction/kv_cache: the interpreter ignores load hints"
     if not HINTS_REACH_CODE:
@@ -476,7 +477,20 @@ def _hint_reason(problem: Problem, eviction: str, cache: str) -> str | None:
         )
     if cache == ".cg":
         return "kv_cache='.cg' is what the pipelined K/V loads (cp.async.cg) use anyway"
+    if cache == ".ca" and _kv_bytes_per_thread(problem, params) < 16:
+        # cp.async.cg moves 16 bytes only: with less per thread the loads are cp.async.ca
+        # already (sm_90 compile check: BLOCK_N=16, D=64, bf16, 8 warps gives the same PTX)
+        return (
+            f"kv_cache='.ca' is what the K/V loads use anyway at {params['BLOCK_N']}x"
+            f"{problem.head_dim} per {params['num_warps']} warps (under 16 bytes a thread)"
+        )
     return None
+
+
+def _kv_bytes_per_thread(problem: Problem, params: dict[str, Any]) -> float:
+    """Bytes of one K (or V) tile each thread copies: the width of its cp.async."""
+    tile = params["BLOCK_N"] * problem.head_dim * problem.dtype.itemsize
+    return tile / (32 * params["num_warps"])
 
 
 def valid(problem: Problem, **params: Any) -> str | None:
@@ -501,7 +515,7 @@ def valid(problem: Problem, **params: Any) -> str | None:
         if params["kv_eviction"] or params["kv_cache"]:
             return "kv_eviction/kv_cache do not apply to tensor-descriptor (tma) loads"
     if params["kv_eviction"] or params["kv_cache"]:
-        reason = _hint_reason(problem, params["kv_eviction"], params["kv_cache"])
+        reason = _hint_reason(problem, params)
         if reason:
             return reason
     if problem.is_cuda:

@@ -9,8 +9,8 @@ llama3_8b_prefill, long_hd128, decode) in float16 and bfloat16.
 CI budget (what `make test` compiles): all of them are 11088 configurations on Triton 3.9 (3168
 on 3.6), at 0.7-1 s of CPU per compile (`bench/hopper_compile.py` compiles them all and prints a
 table; `--plan` counts them). Here, per problem and dtype, one kept configuration drawn at
-random (a fresh seed per run, printed; HOPPER_COMPILE_SEED=N replays it; of 20 draws the one
-whose neighbours vary the most switches) and every kept configuration one switch away from it:
+random (a fresh seed per run, printed; HOPPER_COMPILE_SEED=N replays it; drawn among those whose
+neighbours vary the most switches) and every kept configuration one switch away from it:
 about 115 distinct compiles on 3.9: by that CPU figure 1-2 minutes on 2 idle cores (measured:
 14 minutes wall on this project's shared 2-core machine at load 10-13). Every switch of every
 problem is compared against its neighbours each run, and the draws move through the space from
@@ -262,3 +262,26 @@ def test_script_says_what_is_wrong_in_one_line():
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "nosuch" in done.stderr
+
+
+def test_cache_all_is_not_offered_where_the_loads_are_narrower_than_16_bytes():
+    """A 16x64 half-precision K tile over 8 warps is 8 bytes a thread: cp.async.ca already
+    (cp.async.cg moves 16 bytes only), so kv_cache='.ca' is a label there; at 4 warps (16 bytes
+    a thread) the default is .cg and '.ca' changes the code. Found by the sampled check."""
+    narrow = BASE | {"BLOCK_N": 16, "num_warps": 8, "num_stages": 4}
+    wide = BASE | {"BLOCK_N": 16, "num_warps": 4, "num_stages": 4}
+    got = _compile(
+        {
+            "narrow": (SMALL, narrow),
+            "narrow .ca": (SMALL, narrow | {"kv_cache": ".ca"}),
+            "wide": (SMALL, wide),
+            "wide .ca": (SMALL, wide | {"kv_cache": ".ca"}),
+        }
+    )
+    assert "cp.async.ca" in got["narrow"].ptx and "cp.async.cg" in got["wide"].ptx
+    assert got["narrow .ca"].ptx == got["narrow"].ptx
+    assert got["wide .ca"].ptx != got["wide"].ptx
+    with aot.as_device():
+        assert "under 16 bytes a thread" in (tf.valid(SMALL, **narrow | {"kv_cache": ".ca"}) or "")
+        if ".ca" in tf.KV_CACHE:  # offered at all on this Triton (3.9+)
+            assert tf.valid(SMALL, **wide | {"kv_cache": ".ca"}) is None
