@@ -41,7 +41,7 @@ import torch.utils.benchmark as tbench  # noqa: E402
 
 from kernels import Problem, plain_attention  # noqa: E402
 from study.measure import gate, timing  # noqa: E402
-from study.measure.harness import baseline_call  # noqa: E402
+from study.measure.runner import baseline_call  # noqa: E402
 
 BENCH = {  # conf/bench/default.yaml
     "check_sets": 3,

@@ -75,6 +75,10 @@ RESULT_ATTRS = (
     "b2b_speedup",
     "b2b_speedup_ci",
     "b2b_calls",
+    "screened",
+    "candidate_cpu_ms",
+    "baseline_slowdown",
+    "baseline_interference",
 )
 # What a study's value is (stored with the study; a study of another objective is not resumed).
 OBJECTIVE = "value_us: reference SDPA latency / paired speedup, microseconds"

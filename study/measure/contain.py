@@ -31,7 +31,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -189,8 +189,11 @@ def _reap_children() -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
-def kill_tree(root: int, include_root: bool = True, rounds: int = 200) -> int:
-    """SIGKILL every process below `root` (and `root` itself when `include_root`).
+def kill_tree(
+    root: int, include_root: bool = True, rounds: int = 200, spare: Collection[int] = ()
+) -> int:
+    """SIGKILL every process below `root` (and `root` itself when `include_root`) but `spare`
+    (a process's own helpers: the judge's fork server and long-lived runners).
 
     The root is stopped first, so that it starts nothing while its subtree is emptied; a
     descendant that forks between two passes is caught by the next one (the orphans of a
@@ -201,7 +204,7 @@ def kill_tree(root: int, include_root: bool = True, rounds: int = 200) -> int:
         _signal(root, signal.SIGSTOP)
     signalled: set[int] = set()
     for _ in range(rounds):
-        alive = descendants(root)
+        alive = [pid for pid in descendants(root) if pid not in spare]
         if not alive:
             break
         for pid in alive:
@@ -243,7 +246,6 @@ class Contained:
         self.popen = popen
         self.sandboxed = sandboxed
         self.pid = popen.pid
-        self._keep: set[int] | None = None
         try:  # readable when the process has exited: a sentinel for connection.wait
             self.sentinel: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -260,39 +262,6 @@ class Contained:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-
-    def _kept(self) -> set[int] | None:
-        """The pids of the command itself as we see them: the process; under bwrap the chain
-        bwrap -> its PID namespace's init -> the command (the first child, by start time)."""
-        if self._keep is None:
-            if not self.sandboxed:
-                self._keep = {self.pid}
-                return self._keep
-            table, chain = _table(), [self.pid]
-            for _ in range(2):
-                kids = [p for p, row in table.items() if row[0] == chain[-1]]
-                if not kids:
-                    return None  # not started yet: nothing can have been left either
-                chain.append(min(kids, key=lambda p: table[p][2]))
-            self._keep = set(chain)
-        return self._keep
-
-    def kill_leftovers(self, rounds: int = 50) -> int:
-        """Kill every process of the tree but the command itself: what a trial left running,
-        killed from outside, whatever the command did to its own code. Returns how many."""
-        keep = self._kept()
-        if keep is None or self.popen.poll() is not None:
-            return 0
-        signalled: set[int] = set()
-        for _ in range(rounds):
-            extra = [p for p in descendants(self.pid) if p not in keep]
-            if not extra:
-                break
-            for pid in extra:
-                _signal(pid, signal.SIGKILL)
-            signalled.update(extra)
-            time.sleep(0.005)
-        return len(signalled)
 
     def kill(self) -> None:
         """Kill the process, its whole subtree and its process group; reap it."""

@@ -1,5 +1,10 @@
 """The guard: what a candidate may not change, restored and reported after every call.
 
+It runs in the runner processes (study/measure/runner.py), beside the candidate: hygiene that
+names a candidate's tampering and keeps one trial's changes out of the next built-in trial, not
+the security of the verdict, which the judge decides in a process of its own (a candidate that
+disables the guard gains nothing from it).
+
 Two kinds of tampering slow the baseline or fool the checker without touching the output:
 
 - global state (`snapshot_state` / `restore_state`): SDPA backend flags, TF32, matmul precision,
@@ -8,7 +13,7 @@ Two kinds of tampering slow the baseline or fool the checker without touching th
 - replaced attributes (`capture_originals` / `restore_patches`): the clocks (`timer_patched`),
   the SDPA baseline (`baseline_patched`), the reference and the checker itself
   (`harness_patched`). The originals are captured when this module is imported, before any
-  plugin loads; the gate adds its own functions with `protect`.
+  plugin loads; the runner adds its own functions with `protect`.
 
 `check_guards` restores both, then raises `Rejected` naming what had changed.
 """

@@ -1,28 +1,29 @@
-"""One candidate, start to finish, inside a worker: build -> gate -> paired timing -> result.
+"""The judge: one candidate, start to finish, from a process the candidate cannot reach.
 
-Runs in the worker process only. Returns a plain dict (it crosses a pipe):
-status "ok" (checked and timed), "rejected" (ran, not correct: `rejected_by`) or "error"
-(could not be built or run: `error`, one line).
+Runs in the worker process (study/measure/worker.py), which imports no plugin and runs no
+candidate code. The candidate runs in a runner process of its own (study/measure/runner.py,
+started by study/measure/procs.py), the SDPA baseline in another, trusted one. Per trial:
 
-The guards of study/measure/guard.py run after the build, after every gated call and after every
-timed call: a candidate that patches a clock, the baseline or the checker, or changes global state,
-is restored and rejected before the baseline runs next. The baseline calls SDPA through a private
-reference taken at import, so a patched `F.scaled_dot_product_attention` cannot slow it.
-Timed calls are spot-checked: the repetitions in `SPOT_REPS` refill its input buffer in place
-with new values first, and the candidate's output of that timed call (and of one later call on
-an unchanged buffer) must match the reference
-(`rejected_by: timed_output`); a candidate that behaves in the gate and cheats once timed (a
-cache by address, all the work batched into one call, a side thread) is caught there.
-Candidates whose mutation reuses output memory (`out=prealloc`, `graph=on`) are gated through
-`Applied.wrap_for_gate` (fresh memory per call), and their timed outputs are re-read before the
-next call on the same buffers.
+1. inputs from a secret seed (study/measure/inputs.py `secret_seed`: the judge's secret, never
+   sent to a runner), placed in shared memory (study/measure/shared.py);
+2. the candidate's runner builds it; the gate (study/measure/gate.py) runs it on fresh input sets
+   and judges copies of its outputs against the float64 reference, computed here;
+3. paired timing (study/measure/timing.py `measure_pair`): candidate and baseline interleaved on
+   the same values, each timed in its own runner with the other one stopped, every output copied
+   out (study/measure/timedcheck.py: all screened against the baseline's, a secret sample checked
+   in full), the reported times checked against the judge's wall clock
+   (study/measure/wallcheck.py; for a plugin's candidate: the built-ins' runner never runs
+   plugin code, so its clock and its reports are this project's);
+4. for a plugin's candidate: its runner is killed with every process it started, and the baseline
+   is timed again with no candidate process alive; load aimed at the baseline's turns is flagged.
+
+Returns a plain dict (it crosses a pipe): status "ok" (checked and timed), "rejected" (ran, not
+correct: `rejected_by`) or "error" (could not be built or run: `error`, one line).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-import traceback
+import os
 from typing import Any
 
 import torch
@@ -30,276 +31,267 @@ import torch
 import kernels
 from kernels import Problem
 from kernels.mutations import Applied
-from study.errors import one_line
-from study.measure import gate, guard, inputs, timing
+from study.measure import gate, timing, wallcheck
 from study.measure.guard import Rejected
+from study.measure.inputs import DISTRIBUTIONS, InputPool, make_inputs, secret_seed
+from study.measure.procs import Deadline, RunnerGone, RunnerProcess, Runners
+from study.measure.remote import CpuWatch, RemoteCaller, RemoteSide, RunnerFailed, answer
+from study.measure.runner import cuda_error
+from study.measure.shared import Arena, storage_bytes
+from study.measure.timedcheck import TimedCheck
 
-# Private reference to the SDPA baseline, taken before any plugin is imported.
-_SDPA = torch._C._nn.scaled_dot_product_attention
-# The worker's global state before any candidate ran: every trial starts from it, so that a
-# candidate that changes state after its own checks (a late thread) cannot hide the next
-# candidate's change, nor slow the next baseline.
-_PRISTINE_STATE = guard.snapshot_state()
-SPOT_REPS = (0, 4, 8, 16, 32, 64, 128, 256, 512)  # refilled and checked (and 2 reps later)
-SPOT_KEEP = 4  # spot-checked timed outputs kept to be read again at the end
-# per repetition, added to the refill values: 2**-6 outgrows the bf16/fp16 spacing of |x| < 4,
-# so nearly every element differs from every earlier repetition's in any dtype
-REFILL_SHIFT = 2.0**-6
-LATE_THREAD_WAIT_S = 0.3  # how long threads started during a trial may take to finish
+CONTROL_REPS = 16  # baseline calls timed again with no candidate process alive
+CLEANUP_S = 60.0  # the baseline's own requests after a trial (the control, the clean-up)
+DEFAULT_TIMEOUT_S = 600.0
 
 
-def _refill_rep(rep: int) -> bool:
-    return rep in SPOT_REPS
+class Judge:
+    """The worker's trusted half: runs the checks, owns the secret and the runner processes."""
 
+    def __init__(self, device: str, plugins: list[str], memory_limit_gb: float | None) -> None:
+        self.device = device
+        self.runners = Runners(device, plugins, memory_limit_gb)
+        self.secret = os.urandom(32)  # per worker; a study may send its own ("secret", hex)
 
-def baseline_call(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-    """Default SDPA on the problem's mask and scale (what kernels.builtin.sdpa.sdpa_call does)."""
-    return _SDPA(q, k, v, is_causal=problem.causal, scale=problem.scale, enable_gqa=problem.gqa)
+    def stop(self) -> None:
+        self.runners.stop()
 
+    def kill_strays(self) -> int:
+        """End every candidate process left below the judge (the worker calls it between
+        requests): the judge runs no candidate code, so no candidate can switch this off."""
+        return self.runners.kill_strays()
 
-class SpotCheck:
-    """`before_rep`/`on_output` hooks for timing.measure_pair (see the module docstring)."""
+    def supports(
+        self, problem_dict: dict[str, Any], names: list[str], timeout_s: float = 300.0
+    ) -> dict[str, str | None]:
+        """Built-in variants answer here; a plugin's, in a fresh runner (its code never runs in
+        the judge)."""
+        problem = Problem.from_dict(problem_dict)
+        registry = kernels.variants()
+        answers = {n: registry[n].supports(problem) for n in names if n in registry}
+        others = [n for n in names if n not in registry]
+        if others:
+            runner = self.runners.candidate(builtin=False)
+            try:
+                payload = {"problem": problem_dict, "names": others}
+                reply = runner.request("supports", payload, Deadline(timeout_s))
+                answers |= answer(reply)["answers"]
+            finally:
+                runner.kill()
+        return answers
 
-    def __init__(self, problem: Problem, buffers: list[tuple], applied: Applied, seed: int) -> None:
-        self.problem = problem
-        self.buffers = buffers
-        self.applied = applied
-        self.seed = seed
-        self.state = guard.snapshot_state()
-        self.pending: tuple[int, torch.Tensor, float] | None = None
-        self.refs: dict[int, tuple[torch.Tensor, float]] = {}
-        self.gen = torch.Generator(device=problem.device).manual_seed(seed + 12_345)
-        self.kept: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
-        self.checked = 0
-        self.sources: dict[tuple[int, int], torch.Tensor] = {}
-
-    def _fresh_source(self, position: int, which: int) -> torch.Tensor:
-        """One of two random tensors shaped like input `position`, drawn on first use."""
-        key = (position, which)
-        if key not in self.sources:
-            like = self.buffers[0][position]
-            self.sources[key] = torch.randn(like.shape, generator=self.gen, device=like.device).to(
-                like.dtype
-            )
-        return self.sources[key]
-
-    def _reread(self, index: int | None) -> None:
-        """Kept timed outputs must still hold what they returned (late or overwritten work).
-
-        Where a mutation reuses output memory per input buffer, an output may only be read
-        until the next call on its buffer: those are re-read just before that call.
-        """
-        keep = []
-        for out, early, rep, buffer in self.kept:
-            if index is None or buffer == index:
-                if not gate.same_values(out.detach(), early):
-                    raise Rejected(
-                        "timed_output", f"timed repetition {rep}: output changed after it returned"
-                    )
-            else:
-                keep.append((out, early, rep, buffer))
-        self.kept = keep
-
-    def before_rep(self, rep: int, index: int) -> None:
-        """At SPOT_REPS: refill this buffer in place and check the output (rep 0, 4, 8, 16,
-        ...); two reps later, check again without a refill (rep 2, 6, 10, 18...): a candidate that
-        answers honestly only when it sees its inputs change is caught on the unchanged ones.
-        The other reps refill with fresh normal values, unchecked."""
-        if self.applied.reuses_output:
-            gate.synchronize(self.problem)
-            self._reread(index)
-        phase = 0 if _refill_rep(rep) else 2 if rep >= 2 and _refill_rep(rep - 2) else 1
-        if phase == 0:
-            distribution = "tail" if SPOT_REPS.index(rep) % 2 else "normal"
-            fresh = self.applied.prepare_inputs(
-                inputs.make_inputs(self.problem, self.seed * 7919 + 50_000 + rep, distribution)
-            )
-            with torch.no_grad():
-                for buffer, values in zip(self.buffers[index], fresh, strict=True):
-                    buffer.copy_(values)
-            self.refs[index] = gate.reference_for(self.problem, *self.buffers[index])
-        elif phase != 2:
-            # new values in every other repetition as well: a candidate that memoises by value
-            # (hashes its inputs, returns the stored answer) gains nothing while timed. Two
-            # random sets drawn once, shifted by a constant of this repetition (REFILL_SHIFT),
-            # at the cost of one copy (drawing fresh
-            # normals for a 4k-token K/V cache took longer than the attention it fed).
-            with torch.no_grad():
-                for position, buffer in enumerate(self.buffers[index]):
-                    source = self._fresh_source(position, rep % 2)
-                    torch.add(source, REFILL_SHIFT * (rep + 1), out=buffer)
-            self.refs.pop(index, None)
-            self.pending = None
-            return
-        if index not in self.refs:
-            self.refs[index] = gate.reference_for(self.problem, *self.buffers[index])
-        ref, plain_err = self.refs[index]
-        self.pending = (rep, ref, plain_err)
-
-    def on_output(self, index: int, out: Any) -> None:
-        early = out.detach().clone() if isinstance(out, torch.Tensor) else None
-        guard.check_guards(self.state)
-        if self.pending is None:
-            return
-        rep, ref, plain_err = self.pending
-        self.pending = None
+    def evaluate(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Build, check and time one candidate against the SDPA baseline."""
+        spec = task["candidate"]
+        result: dict[str, Any] = {"status": "error", "variant": spec["variant"]}
+        builtin = spec["variant"] in kernels.variants()
+        runner = self.runners.ready(builtin)
+        trial = Trial(self, task, runner, builtin, result)
         try:
-            gate.check_output(self.problem, out, ref, plain_err, values=early)
+            trial.run()
+        except RunnerGone as gone:
+            result.update(status="error", error=str(gone))
+        except RunnerFailed as failed:
+            result.update(status="error", error=f"{trial.phase} failed: {failed}")
+            result["traceback"] = failed.reply.get("traceback", "")
+            if failed.reply.get("cuda_error"):
+                result["cuda_error"] = failed.reply["cuda_error"]
         except Rejected as rejected:
-            raise Rejected(
-                "timed_output", f"timed repetition {rep}: {rejected.check}: {rejected.detail}"
-            ) from None
-        assert early is not None
-        self.checked += 1
-        self.kept = (self.kept + [(out, early, rep, index)])[-SPOT_KEEP:]
-
-    def finish(self) -> None:
-        """Read the kept timed outputs again after a delay: late or overwritten work."""
-        time.sleep(gate.LATE_DELAY_S)
-        gate.synchronize(self.problem)
-        guard.check_guards(self.state)
-        self._reread(None)
-
-
-def _no_work_left_behind(threads_before: set[threading.Thread], state: dict[str, Any]) -> list[str]:
-    """Wait briefly for Python threads started since the build, then check global state again.
-
-    A thread a candidate left running can change global state after the checks (and slow the
-    next baseline) or finish an output late. Threads that are still alive after the wait are not
-    rejected by themselves (compilers keep idle pool threads), but named in the result; their
-    later effects are undone before the next trial, which starts from the pristine state.
-    """
-    late = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
-    deadline = time.monotonic() + LATE_THREAD_WAIT_S
-    for thread in late:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    guard.check_guards(state)
-    return [t.name for t in late if t.is_alive()]
-
-
-def _timing_buffers(problem: Problem, applied: Applied, seed: int, count: int) -> list[tuple]:
-    return [
-        applied.prepare_inputs(inputs.make_inputs(problem, seed * 7919 + 101 + i, "normal"))
-        for i in range(count)
-    ]
-
-
-def evaluate(task: dict[str, Any]) -> dict[str, Any]:
-    """Build, check and time one candidate against the SDPA baseline."""
-    problem = Problem.from_dict(task["problem"])
-    spec = task["candidate"]
-    bench = task["bench"]
-    seed = int(task["seed"])
-    result: dict[str, Any] = {"status": "error", "variant": spec["variant"]}
-    registry = kernels.variants()
-    if spec["variant"] not in registry:
-        result["error"] = f"variant {spec['variant']} is not registered in the worker"
+            result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
+        finally:
+            for other in (runner, self.runners.baseline):
+                other.resume()
+            self.runners.release(runner, healthy=result["status"] == "ok")
+        if result.get("status") == "ok" and not builtin:
+            trial.control()
+        try:  # a trial past its limit still cleans up
+            answer(self.runners.baseline.request("finish", {}, Deadline(CLEANUP_S)))
+        except (RunnerGone, RunnerFailed) as exc:
+            result.setdefault("note", f"baseline runner replaced: {exc}")
+        broken = cuda_error(self.device)
+        if broken:
+            result["judge_cuda_error"] = broken  # the worker exits after replying
         return result
-    variant = registry[spec["variant"]]
-    applied = Applied(spec.get("mutations", {}), problem)
-    torch.manual_seed(seed)
-    leftover = guard.restore_patches()  # e.g. a plugin that patched at import time
-    dirty = guard.restore_state(_PRISTINE_STATE)  # e.g. a late thread of an earlier candidate
-    if leftover or dirty:
-        result["note"] = f"restored before the build: {leftover or ''} {', '.join(dirty)}".strip()
-    state = guard.snapshot_state()
-    try:
-        started = time.perf_counter()
-        with applied.context():
-            built = variant.build(problem, **spec.get("params", {}))
-        result["build_s"] = round(time.perf_counter() - started, 4)
-        run = applied.wrap(built)
-        gate_run = applied.wrap_for_gate(built)
-    except Exception as exc:
-        guard.restore_patches()
-        guard.restore_state(state)
-        result["error"] = f"build failed: {one_line(exc, lines=None, typed=True)}"
-        result["traceback"] = traceback.format_exc(limit=6)
-        return result
-    try:
-        guard.check_guards(state)
-    except Rejected as rejected:
-        result.update(
-            status="rejected", rejected_by=rejected.check, detail=f"in build: {rejected.detail}"
+
+
+class Trial:
+    """One `Judge.evaluate`: the phases of the module docstring, in order."""
+
+    def __init__(
+        self,
+        judge: Judge,
+        task: dict[str, Any],
+        runner: RunnerProcess,
+        builtin: bool,
+        result: dict[str, Any],
+    ) -> None:
+        self.problem = Problem.from_dict(task["problem"])
+        self.spec = task["candidate"]
+        self.bench = task["bench"]
+        secret = bytes.fromhex(task["secret"]) if task.get("secret") else judge.secret
+        self.seeds = {p: secret_seed(secret, int(task["seed"]), p) for p in ("gate", "timed")}
+        self.deadline = Deadline(float(task.get("timeout_s") or DEFAULT_TIMEOUT_S))
+        self.runner, self.baseline = runner, judge.runners.baseline
+        self.strays = judge.runners.strays
+        self.builtin = builtin
+        self.result = result
+        self.phase = "build"
+        self.applied = Applied(self.spec.get("mutations", {}), self.problem)
+        self.base_side: RemoteSide | None = None
+        self.timed: TimedCheck | None = None
+        self.base_us: list[float] = []
+
+    def _arenas(self) -> dict[str, Arena]:
+        """Shared memory for the trial: the candidate's inputs and outputs, the baseline's."""
+        problem, device = self.problem, self.problem.device
+        one = self.applied.prepare_inputs(make_inputs(problem, 0, "normal"))
+        set_bytes = storage_bytes(one)
+        out = torch.empty(problem.q_shape(), dtype=problem.dtype, device="meta")
+        out_bytes = storage_bytes((out,))
+        gate_sets = max(int(self.bench["check_sets"]), len(DISTRIBUTIONS)) + 1
+        buffers = int(self.bench["buffers"])
+        arenas = {
+            "c_in": Arena((gate_sets + buffers) * set_bytes, device),
+            "c_out": Arena((3 * gate_sets + 2) * out_bytes, device),
+            "b_in": Arena(buffers * set_bytes, device),
+            "b_out": Arena(2 * out_bytes, device),
+        }
+        self.like = one
+        return arenas
+
+    def run(self) -> None:
+        problem, result = self.problem, self.result
+        arenas = self.arenas = self._arenas()
+        for runner, side in ((self.runner, "c"), (self.baseline, "b")):
+            for name, key in (("inputs", f"{side}_in"), ("outputs", f"{side}_out")):
+                payload = {"name": name, "base": arenas[key].base}
+                answer(runner.request("arena", payload, self.deadline))
+        reply = answer(
+            self.runner.request(
+                "build", {"problem": problem.to_dict(), "candidate": self.spec}, self.deadline
+            )
         )
-        return result
+        result["build_s"] = reply["build_s"]
+        if reply.get("note"):
+            result["note"] = reply["note"]
 
-    def run_in_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-        with applied.context():
-            return run(q, k, v)
-
-    threads_before = set(threading.enumerate())
-
-    def gate_in_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Any:
-        with applied.context():
-            return gate_run(q, k, v)
-
-    def plain_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return baseline_call(problem, q, k, v)
-
-    baseline = applied.wrap_baseline(plain_baseline)
-
-    try:
+        self.phase = "run"
+        caller = RemoteCaller(problem, self.runner, arenas["c_in"], arenas["c_out"], self.deadline)
         report = gate.run_gate(
-            problem, gate_in_context, applied.prepare_inputs, seed, int(bench["check_sets"])
-        )
-    except Rejected as rejected:
-        result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
-        return result
-    except Exception as exc:
-        guard.restore_patches()
-        guard.restore_state(state)
-        result["error"] = f"run failed: {one_line(exc, lines=None, typed=True)}"
-        result["traceback"] = traceback.format_exc(limit=6)
-        return result
-
-    try:
-        buffers = _timing_buffers(problem, applied, seed, int(bench["buffers"]))
-        spot = SpotCheck(problem, buffers, applied, seed)
-        pair = timing.measure_pair(
             problem,
-            run_in_context,
-            baseline,
-            buffers,
-            bench,
-            on_output=spot.on_output,
-            before_rep=spot.before_rep,
+            caller,
+            self.applied.prepare_inputs,
+            self.seeds["gate"],
+            int(self.bench["check_sets"]),
         )
-        spot.finish()
-        lingering = _no_work_left_behind(threads_before, state)
-    except Rejected as rejected:
-        guard.restore_patches()
-        guard.restore_state(state)
-        result.update(status="rejected", rejected_by=rejected.check, detail=rejected.detail)
-        return result
-    except Exception as exc:
-        guard.restore_patches()
-        guard.restore_state(state)
-        result["error"] = f"timing failed: {one_line(exc, lines=None, typed=True)}"
-        result["traceback"] = traceback.format_exc(limit=6)
-        return result
-    cand = pair.candidate
-    if lingering:
-        result["threads_left"] = lingering
 
-    result.update(pair.fields())  # timing.Pair.fields: medians, paired speedup, its interval
-    result.update(
-        status="ok",
-        spot_checks=spot.checked,
-        gate_sets=report.sets,
-        tflops=problem.flops() / (cand.median_us * 1e-6) / 1e12,
-        rel_err=report.rel_err,
-        max_err=report.max_err,
-        err_bound=report.bound,
-    )
-    return result
+        self.phase = "timing"
+        baseline_spec = {"variant": "sdpa", "mutations": self.spec.get("mutations", {})}
+        answer(
+            self.baseline.request(
+                "build", {"problem": problem.to_dict(), "candidate": baseline_spec}, self.deadline
+            )
+        )
+        pair, timed, cand_side, base_side = self._time(report)
+        reply = answer(self.runner.request("finish", {}, self.deadline))
+        if reply.get("threads_left"):
+            result["threads_left"] = reply["threads_left"]
+        cand = pair.candidate
+        result.update(pair.fields())  # timing.Pair.fields: medians, paired speedup, its interval
+        result.update(
+            status="ok",
+            spot_checks=timed.checked,
+            screened=timed.screened,
+            gate_sets=report.sets,
+            tflops=problem.flops() / (cand.median_us * 1e-6) / 1e12,
+            rel_err=report.rel_err,
+            max_err=report.max_err,
+            err_bound=report.bound,
+        )
+        if base_side.watch is not None:
+            result["candidate_cpu_ms"] = round(base_side.watch.cpu_s * 1e3, 3)
+        self.base_us = list(base_side.timed_us)
 
+    def _time(self, report: gate.GateReport) -> tuple[timing.Pair, TimedCheck, Any, Any]:
+        problem, arenas = self.problem, self.arenas
+        buffers = int(self.bench["buffers"])
+        c_descs = [arenas["c_in"].place(self.like) for _ in range(buffers)]
+        b_descs = [arenas["b_in"].place(self.like) for _ in range(buffers)]
+        args = [tuple(arenas["c_in"].view(d) for d in descs) for descs in c_descs]
+        pool = InputPool(self.like, self.seeds["timed"])
+        bound = report.bounds.get("normal", report.bound)
+        pairs = zip(c_descs, b_descs, strict=True)
+        targets = [[(arenas["c_in"], c), (arenas["b_in"], b)] for c, b in pairs]
+        timed = TimedCheck(problem, pool, targets, bound, self.seeds["timed"] + 1)
+        cand_side = RemoteSide(
+            "candidate",
+            problem,
+            self.runner,
+            (arenas["c_in"], arenas["c_out"]),
+            c_descs,
+            args,
+            self.deadline,
+            timed.sink,
+        )
+        base_side = RemoteSide(
+            "baseline",
+            problem,
+            self.baseline,
+            (arenas["b_in"], arenas["b_out"]),
+            b_descs,
+            args,
+            self.deadline,
+            timed.sink,
+        )
+        cand_side.others, base_side.others = [self.baseline], [self.runner]
+        if not self.builtin:
+            base_side.watch = CpuWatch(self.runner, self.strays)
+        self.base_side, self.timed = base_side, timed
+        timed.fill_all()
+        try:
+            pair = timing.measure_pair(
+                problem, cand_side, base_side, args, self.bench, before_rep=self._hook(timed)
+            )
+        finally:
+            self.runner.resume()
+            self.baseline.resume()
+        timed.finish()
+        if not self.builtin:  # a built-in's runner never ran plugin code: its clock is ours
+            wallcheck.check(cand_side.walls, base_side.walls)
+            wallcheck.check(cand_side.block_walls, base_side.block_walls)
+        return pair, timed, cand_side, base_side
 
-def supports(problem_dict: dict[str, Any], names: list[str]) -> dict[str, str | None]:
-    """Ask each variant, on this device, whether it can run the problem."""
-    problem = Problem.from_dict(problem_dict)
-    registry = kernels.variants()
-    return {
-        name: (registry[name].supports(problem) if name in registry else "not registered")
-        for name in names
-    }
+    def _hook(self, timed: TimedCheck) -> Any:
+        watch_every = 8
+
+        def before_rep(rep: int, index: int) -> None:
+            timed.before_rep(rep, index)
+            watch = self.base_side.watch if self.base_side else None
+            if watch is not None and rep % watch_every == 0:
+                watch.refresh()
+
+        return before_rep
+
+    def control(self) -> None:
+        """The baseline timed again with no candidate process alive; the interference flag."""
+        side, timed = self.base_side, self.timed
+        if side is None or timed is None or not self.base_us:
+            return
+        side.deadline = Deadline(CLEANUP_S)
+        watch, side.watch, side.others = side.watch, None, []
+        free = []
+        try:
+            for rep in range(min(CONTROL_REPS, len(self.base_us))):
+                index = rep % len(side.buffers)
+                timed.refill(index)
+                free.append(side.time_once(index)[0])
+        except (RunnerGone, RunnerFailed, Rejected) as exc:
+            self.result["note"] = f"no candidate-free baseline: {exc}"
+            return
+        slowdown, apart = wallcheck.slowdown(self.base_us, free)
+        if slowdown is not None:
+            self.result["baseline_slowdown"] = round(slowdown, 4)
+        cpu_s, wall_s = (watch.cpu_s, watch.wall_s) if watch else (0.0, 0.0)
+        reason = wallcheck.interference(cpu_s, wall_s, slowdown, apart)
+        if reason:
+            self.result["baseline_interference"] = reason

@@ -1,10 +1,16 @@
-"""The gate's inputs: fresh random q, k, v per trial, one set per distribution, never zeros.
+"""The judge's inputs: fresh random q, k, v per trial, never zeros, from a secret seed.
 
 Each distribution is chosen to expose a class of wrong kernel (see `make_inputs`); the gate
-(study/measure/gate.py) draws at least one set of each, the harness's spot checks a few more.
+(study/measure/gate.py) draws at least one set of each. Timed calls get new values every
+repetition from an `InputPool`. Every seed is `secret_seed(secret, ...)`: keyed by a secret that
+only the judge holds, so that a candidate cannot compute the inputs it will be given (and their
+answers) from the study seed and the trial number.
 """
 
 from __future__ import annotations
+
+import hashlib
+import random
 
 import torch
 
@@ -55,3 +61,44 @@ def make_inputs(
     # never exact zeros (a zero input hides a candidate that ignores it)
     q, k, v = (torch.where(t == 0, torch.full_like(t, 1e-3), t) for t in (q, k, v))
     return tuple(t.to(problem.dtype).to(problem.device) for t in (q, k, v))  # type: ignore[return-value]
+
+
+def secret_seed(secret: bytes, seed: int, purpose: str) -> int:
+    """A 40-bit seed for `purpose`, derived from the trial's `seed` under the judge's `secret`
+    (40 bits: a trillion seeds, and room for the gate's `seed * 1009 + set` in a torch seed)."""
+    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), key=secret, digest_size=5).digest()
+    return int.from_bytes(digest, "little")
+
+
+class InputPool:
+    """New values for every timed call at the cost of one copy, none of them predictable.
+
+    One random pool per input, twice its size, drawn once per trial (normal values, never zero,
+    like make_inputs' `normal`); each repetition reads a window of each pool at secret random
+    offsets, viewed with the buffer's own shape and strides (any layout). Drawing fresh normals
+    for a 4k-token K/V cache every repetition took longer than the attention it fed; a window
+    costs a copy. Every repetition's values come from the same distribution, so nothing tells
+    a candidate which outputs will be checked.
+    """
+
+    def __init__(self, like: tuple[torch.Tensor, ...], seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.like = [(tuple(t.shape), tuple(t.stride()), t.numel()) for t in like]
+        self.pools = []
+        for t in like:
+            pool = torch.randn(2 * t.numel(), generator=gen)
+            pool = torch.where(pool == 0, torch.full_like(pool, 1e-3), pool)
+            self.pools.append(pool.to(t.dtype).to(t.device))
+        self.rng = random.Random(seed)
+
+    def draw(self) -> tuple[int, ...]:
+        """Secret offsets of one repetition's windows (any element: the values are copied into
+        the buffers, whose own alignment is what a kernel sees)."""
+        return tuple(self.rng.randrange(n + 1) for _, _, n in self.like)
+
+    def values(self, offsets: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """The inputs of the windows at `offsets` (views of the pools, no copy)."""
+        return tuple(
+            pool.as_strided(shape, stride, offset)
+            for pool, (shape, stride, _), offset in zip(self.pools, self.like, offsets, strict=True)
+        )

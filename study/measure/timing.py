@@ -34,9 +34,15 @@ The flush first resets persisting L2 lines to normal: `l2=kv`'s window makes K a
 ordinary write does not evict those, and they would stay warm for the next call (the baseline's
 too) while everything else starts cold.
 
-The clocks are private references taken when this module is imported, before any candidate or
-plugin code runs: a candidate that replaces `time.perf_counter_ns` or `torch.cuda.Event` does not
-change what is measured, and the guard (study/measure/guard.py) notices the replacement.
+The judge (study/measure/harness.py) runs `measure_pair` with two sides that run in other
+processes (study/measure/remote.py): such a side times its call where it runs and says so with
+`times_itself`; `Timer.time_call` and `Timer.time_block` then take the `Reported` time it
+returns (the judge flushes the cache before a call, the runner wakes its own thread pool right
+before it; the judge checks the time against its own wall clock, study/measure/wallcheck.py).
+In a runner process, `Timer` times the call itself. The clocks are private references taken
+when this module is imported, before any candidate or plugin code runs: a candidate that
+replaces `time.perf_counter_ns` or `torch.cuda.Event` does not change what is measured, and the
+guard (study/measure/guard.py) notices the replacement.
 """
 
 from __future__ import annotations
@@ -70,6 +76,14 @@ _perf_counter = time.perf_counter
 _monotonic_ns = time.monotonic_ns
 _CudaEvent = torch.cuda.Event
 _cuda_synchronize = torch.cuda.synchronize
+
+
+@dataclass
+class Reported:
+    """A call timed where it ran (another process): its microseconds and its result."""
+
+    us: float
+    value: Any
 
 
 @dataclass
@@ -128,6 +142,9 @@ class Timer:
     def time_call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[float, Any]:
         """Microseconds of one call, and its result."""
         self.flush()
+        if getattr(fn, "times_itself", False):
+            reported = fn.timed_call(*args)
+            return reported.us, reported.value
         if self.cuda:
             start = _CudaEvent(enable_timing=True)
             end = _CudaEvent(enable_timing=True)
@@ -147,7 +164,11 @@ class Timer:
     ) -> tuple[float, Any]:
         """Microseconds per call of `calls` calls back to back on one buffer, and the last
         call's result. No flush and no hook between the calls (one buffer: a mutation that
-        reuses output memory per buffer overwrites only that buffer's output)."""
+        reuses output memory per buffer overwrites only that buffer's output). A side that
+        `times_itself` runs the block where it lives and reports its per-call time."""
+        if getattr(fn, "times_itself", False):
+            reported = fn.timed_block(*args, calls=calls)
+            return reported.us, reported.value
         out = None
         if self.cuda:
             start = _CudaEvent(enable_timing=True)

@@ -1,21 +1,33 @@
-"""Isolated workers: one spawned process per device builds, checks and times candidates.
+"""Isolated workers: one process per device judges candidates; the candidates run elsewhere.
 
-A candidate that segfaults, aborts, hangs or poisons its CUDA context costs one trial: the parent
-waits on the pipe and on the process at once, kills the worker on timeout, reports why it died,
-and starts a fresh one for the next trial. The worker's stdout/stderr go to a log file, so that a
-noisy candidate cannot scribble over the progress bar, and each result carries its own log lines.
+The worker process is the judge (study/measure/harness.py): it imports no plugin and runs no
+candidate code. It starts the runner processes (study/measure/procs.py) where the candidate and,
+apart from it, the SDPA baseline run, draws the inputs, computes the references, checks the
+outputs and the times. The study process talks to it through `Worker.call`: a request and a
+plain-dict reply.
+
+A candidate that segfaults, aborts or hangs costs one trial: its runner dies or is killed, the
+judge replies why and starts a fresh runner. The judge itself is replaced only where it dies
+(a bug, or a device whose context a candidate poisoned for every process): the study waits on the
+socket and on the process at once, kills the judge past the trial's limit plus a grace, and
+starts a fresh one for the next trial.
 
 The worker is started contained (study/measure/contain.py): in its own session, as the reaper
-of everything it starts, inside bubblewrap's read-only, PID-namespaced sandbox where that works.
-Every process the candidate started is killed before a reply leaves the worker, again by the
-study once the reply is in (from outside the worker, whose code a candidate can patch), and the
-whole tree with the worker when it is stopped. It talks to the study over an inherited socket
-(`python -m study.measure.worker ARGS`; its log is its stdout and stderr, opened by the study,
-since the sandbox cannot open files for writing), ignores SIGINT (the study process decides and
-kills the worker), exits by itself when its parent is gone (a lifeline pipe whose other end
-only the study holds reads EOF: a SIGKILLed study leaves no orphan computing on), and on the CPU
-runs under an address-space limit (`worker.memory_limit_gb`, default 75% of RAM), so that a
-memory blow-up fails one trial with an allocation error instead of taking the machine down.
+of everything below it, inside bubblewrap's read-only, PID-namespaced sandbox where that works;
+its runners are its descendants and inherit all of it. Every process a candidate started (a
+double fork lands on the judge, the subreaper) is killed by the judge before its reply leaves,
+whatever the candidate did to its own process: the judge runs none of its code. The whole tree
+dies with the worker when it is stopped. The worker talks to the study over an inherited socket
+(`python -m study.measure.worker ARGS`); its log is its stdout and stderr, opened by the study
+(the sandbox cannot open files for writing) and inherited by the fork server and every runner,
+so that a noisy candidate cannot scribble over the progress bar, and each result carries its
+own log lines. It ignores SIGINT (the study process decides and kills the worker), exits by
+itself when its parent is gone (a lifeline pipe whose other end only the study holds reads EOF:
+a SIGKILLed study leaves no orphan computing on), and makes itself non-dumpable, so that a
+candidate's process (same user) cannot ptrace it or read its memory through /proc. Candidate
+runners run under an address-space limit (`worker.memory_limit_gb`, default 75% of RAM on the
+CPU), so that a memory blow-up fails one trial with an allocation error instead of taking the
+machine down.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +51,7 @@ if TYPE_CHECKING:  # the worker imports torch (through kernels) only after redir
     from kernels import Problem
 
 LOG_TAIL_CHARS = 4000
+JUDGE_GRACE_S = 60.0  # the judge's own work past a trial's limit (references, checks)
 
 
 def evaluate_task(
@@ -80,22 +94,6 @@ def _die_with_parent(lifeline: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _limit_memory(limit_gb: float | None) -> None:
-    """Cap the worker's address space, so that a runaway candidate fails alone (CPU only)."""
-    if not limit_gb or limit_gb <= 0:
-        return
-    try:
-        import resource
-
-        limit = int(limit_gb * 1024**3)
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ImportError, ValueError, OSError) as exc:
-        print(f"memory limit not set: {exc}", flush=True)
-
-
 def default_memory_limit_gb(device: str) -> float | None:
     """`worker.memory_limit_gb` unset: 75% of RAM on the CPU; none on a GPU (CUDA reserves
     huge virtual ranges, so an address-space limit would break it)."""
@@ -108,22 +106,6 @@ def default_memory_limit_gb(device: str) -> float | None:
     return round(pages * size * 0.75 / 1024**3, 1)
 
 
-def _thread_lock_for_tqdm() -> None:
-    """Give tqdm a thread lock before any bar exists in this process.
-
-    tqdm's first bar creates a multiprocessing RLock; in a spawned process that is a named
-    semaphore registered with the study's resource tracker, and a killed worker never
-    unregisters it: the study then ended with `resource_tracker: ... leaked semaphore` (the
-    bar is torch.compile's, drawn inside the compiled variants' build). A thread lock is all a
-    bar needs here.
-    """
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return
-    tqdm.set_lock(threading.RLock())
-
-
 def _serve(
     conn: Connection,
     device: str,
@@ -132,43 +114,55 @@ def _serve(
     lifeline: int | None = None,
     memory_limit_gb: float | None = None,
 ) -> None:
-    """Worker main loop (runs in the spawned process; stdout and stderr are the log)."""
+    """Worker main loop (runs in the contained process): the judge."""
     # Ctrl-C in a terminal reaches the whole process group: the study decides, not the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    contain.set_subreaper()  # what the candidate starts stays below us, to be killed
+    contain.set_subreaper()  # what a candidate starts stays below us, to be killed
     if lifeline is not None:
         _die_with_parent(lifeline)
     log = open(1, "a", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = sys.stderr = log
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    _thread_lock_for_tqdm()
-    # Inductor's compile-worker pool would be killed with a trial's leftovers: compile here.
+    # Inductor's compile-worker pool would be killed with a trial's leftovers: compile in the
+    # runner itself (set before the fork server starts: every runner inherits it).
     os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    # The fork server must not initialise CUDA (a forked runner could not use it then): a
+    # `torch.cuda.is_available()` there asks NVML, not the CUDA runtime.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    from study.measure import server
+
+    # Every process multiprocessing starts imports the parent's main module again (here this
+    # module, as `python -m` ran it): a runner needs none of it.
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    server.no_ptrace()
+    server.start()  # the runners' server imports torch while the judge does
+    # The judge's own thread pool must not spin while a runner's call is timed.
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
 
-    import kernels
-    from study.measure import harness
+    from study.measure.harness import Judge
 
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    _limit_memory(memory_limit_gb)  # after the imports: they map large libraries
-    for path in plugins:
-        kernels.load_plugin(path)
+    judge = Judge(device, plugins, memory_limit_gb)
     while True:
         try:
             kind, payload = conn.recv()
         except (EOFError, KeyboardInterrupt):
+            judge.stop()
             return
         start = log.tell()
         print(f"--- {kind} {payload.get('label', '')} ---", flush=True)
         try:
             if kind == "evaluate":
-                reply = harness.evaluate(payload)
+                reply = judge.evaluate(payload)
             elif kind == "supports":
                 reply = {
                     "status": "ok",
-                    "answers": harness.supports(payload["problem"], payload["names"]),
+                    "answers": judge.supports(
+                        payload["problem"], payload["names"], float(payload.get("timeout_s", 300))
+                    ),
                 }
             elif kind == "env":
                 from study.measure.env import fingerprint
@@ -176,10 +170,10 @@ def _serve(
                 reply = {"status": "ok", "env": fingerprint(device)}
             else:
                 reply = {"status": "error", "error": f"unknown request {kind!r}"}
-        except BaseException as exc:  # a candidate may raise anything, SystemExit included
+        except BaseException as exc:  # the judge's own bug: one trial, with the traceback logged
             reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
             print(traceback.format_exc(), flush=True)
-        leftovers = contain.kill_descendants()  # no process of this request outlives it
+        leftovers = judge.kill_strays()  # no candidate process of this request outlives it
         if leftovers:
             print(f"killed {leftovers} process(es) the candidate left running", flush=True)
         sys.stdout.flush()
@@ -190,6 +184,9 @@ def _serve(
         except OSError:
             pass
         conn.send(reply)
+        if reply.get("judge_cuda_error"):
+            judge.stop()
+            os._exit(3)  # this process's CUDA context is poisoned too: the study starts a fresh one
 
 
 class Worker:
@@ -203,8 +200,9 @@ class Worker:
         memory_limit_gb: float | None = None,
         sandbox: contain.Sandbox | None = None,
     ) -> None:
-        """`memory_limit_gb`: None picks `default_memory_limit_gb(device)`; 0 means no limit.
-        `sandbox`: how the process is contained (default: bwrap where it works)."""
+        """`memory_limit_gb` (candidate runners'): None picks `default_memory_limit_gb(device)`;
+        0 means no limit. `sandbox`: how the process is contained (default: bwrap where it
+        works); the runners inherit it."""
         self.device = device
         self.sandbox = sandbox or contain.Sandbox()
         self.memory_limit_gb = (
@@ -249,7 +247,7 @@ class Worker:
         return self.process is not None and self.process.alive()
 
     def stop(self) -> None:
-        """Kill the process and all it started (a hung candidate ignores polite requests)."""
+        """Kill the process and all it started (its runners, whatever they started)."""
         if self.process is not None:
             self.process.kill()
         if self.conn is not None:
@@ -285,18 +283,13 @@ class Worker:
         assert self.conn is not None and self.process is not None
         started = time.monotonic()
         try:
-            self.conn.send((kind, payload))
-            ready = self._wait(timeout_s)
+            # the judge enforces the trial's limit on the runners; it gets a grace of its own
+            self.conn.send((kind, {**payload, "timeout_s": timeout_s}))
+            ready = self._wait(timeout_s + JUDGE_GRACE_S)
             if ready == "reply":
                 try:
                     reply = self.conn.recv()
                     reply["wall_s"] = round(time.monotonic() - started, 3)
-                    # the worker killed its leftovers; this does it from outside its reach
-                    left = self.process.kill_leftovers()
-                    if left:
-                        reply["log"] = str(reply.get("log", "")) + (
-                            f"study: killed {left} process(es) the request left running\n"
-                        )
                     return reply
                 except (EOFError, OSError):
                     pass
@@ -305,7 +298,7 @@ class Worker:
                 self.restarts += 1
                 return {
                     "status": "error",
-                    "error": f"timeout: no result after {timeout_s:g} s",
+                    "error": f"timeout: no result after {timeout_s + JUDGE_GRACE_S:g} s",
                     "log": self._log_tail(),
                 }
             self.process.wait(5)

@@ -38,6 +38,7 @@ ROW_KEYS = (
     "baseline_order_ratio",
     "tflops",
     "rel_err",
+    "baseline_interference",
 )
 
 
@@ -148,6 +149,11 @@ def flags(rows: list[dict[str, Any]]) -> list[str]:
             notes.append(
                 f"trial {row['trial']}: SDPA took {order:.2f}x as long after the candidate as "
                 "after itself: the order of the pair mattered (machine load?)"
+            )
+        if row.get("baseline_interference"):
+            notes.append(
+                f"trial {row['trial']}: load aimed at the baseline's turns: "
+                f"{row['baseline_interference']}; its speedup is not to be trusted"
             )
     return notes
 

@@ -5,7 +5,8 @@ real memory blow-up (stopped by the worker's address-space limit, `worker.memory
 each end FAIL with a one-line `error`; the worker is replaced and the study goes on. SIGKILL of
 the study mid-trial: the worker exits by itself, and the rerun FAILs the stale trial (Optuna
 heartbeat), retries it and completes the requested trials. SIGINT: exit code 130, no trial
-left RUNNING, the interrupted trial FAIL with `error`.
+left RUNNING, the interrupted trial FAIL with `error`. On a GPU, a real device-side fault (a
+sticky CUDA error) costs its trial and nothing more.
 """
 
 from __future__ import annotations
@@ -198,23 +199,52 @@ def test_sigint_stops_cleanly_with_130(tmp_path):
     assert study.trials[0].user_attrs["error"].startswith("interrupted")
 
 
+DEVICE_FAULTS = """
+import torch
+from kernels import register, plain_attention
+
+
+@register("fault_device_assert")
+def build_assert(problem):
+    def run(q, k, v):
+        index = torch.tensor([q.numel() * 4], device=q.device)  # far out of range
+        return q.flatten()[index].expand(q.shape).contiguous()  # device-side assert, async
+
+    return run
+
+
+@register("fault_illegal_address")
+def build_illegal(problem):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def store_far_away(ptr):
+        tl.store(ptr + (1 << 40), 1.0)  # 4 TiB past the tensor: no mapping there
+
+    def run(q, k, v):
+        out = torch.empty_like(q)
+        store_far_away[(1,)](out)
+        return out
+
+    return run
+
+
+@register("fault_gpu_honest")
+def build_ok(problem):
+    return lambda q, k, v: plain_attention(q, k, v, problem.causal, problem.scale)
+"""
+
+
 @pytest.mark.gpu
-def test_illegal_memory_access_costs_one_trial(tmp_path):
-    plugin = tmp_path / "iam.py"
-    plugin.write_text(
-        "import torch\nfrom kernels import register, plain_attention\n\n"
-        "@register('fault_illegal_access')\n"
-        "def build(problem):\n"
-        "    def run(q, k, v):\n"
-        "        bad = torch.cuda.ByteTensor(1)\n"
-        "        bad.set_(bad.untyped_storage(), 1 << 40, (1,), (1,))\n"
-        "        bad.fill_(1)\n"
-        "        torch.cuda.synchronize()\n"
-        "    return run\n\n"
-        "@register('fault_gpu_honest')\n"
-        "def build_ok(problem):\n"
-        "    return lambda q, k, v: plain_attention(q, k, v, problem.causal, problem.scale)\n"
-    )
+def test_a_sticky_cuda_error_costs_one_trial(tmp_path):
+    """Real device-side faults: a device assert (an index out of range, checked on the device) and
+    an illegal address (a Triton store 4 TiB away). Either poisons its process's CUDA context for
+    good; the runner synchronises after the failure, reports the CUDA error and exits, and every
+    later trial, built-in or plugin, runs in a healthy process."""
+    plugin = tmp_path / "faults.py"
+    plugin.write_text(DEVICE_FAULTS)
+    variants = ["fault_device_assert", "fault_illegal_address", "fault_gpu_honest", "plain"]
     proc = run_study(
         tmp_path,
         *ONE,
@@ -222,11 +252,17 @@ def test_illegal_memory_access_costs_one_trial(tmp_path):
         "problem=small",
         "bench=quick",
         f"space.plugins=[{plugin}]",
-        "space.variants=[fault_illegal_access,fault_gpu_honest]",
-        "study.n_trials=2",
+        f"space.variants=[{','.join(variants)}]",
+        f"study.n_trials={len(variants)}",
+        "study.retime_top_k=1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     by = {t.user_attrs["variant"]: t for t in load_only_study(tmp_path).trials}
-    assert by["fault_illegal_access"].state == TrialState.FAIL
-    assert by["fault_illegal_access"].user_attrs["error"]
+    for name in variants[:2]:
+        assert by[name].state == TrialState.FAIL, (name, by[name].user_attrs)
+        error = by[name].user_attrs["error"]
+        assert "\n" not in error and ("CUDA" in error or "cuda" in error), (name, error)
+    assert "device-side assert" in by["fault_device_assert"].user_attrs["error"]
+    assert "illegal memory access" in by["fault_illegal_address"].user_attrs["error"]
     assert by["fault_gpu_honest"].state == TrialState.COMPLETE
+    assert by["plain"].state == TrialState.COMPLETE

@@ -1,5 +1,8 @@
 """The guard on real torch state: changed flags and replaced functions are restored and named.
 
+It runs in the runner processes (hygiene there, not the judge's security: see
+study/measure/runner.py); here it runs in the test process.
+
 Every test puts back by hand what it changed, so that a guard that fails to restore fails only
 its own test.
 """
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from study.measure import gate, guard, timing
+from study.measure import guard, runner, timing
 from study.measure.guard import Rejected
 
 
@@ -76,8 +79,8 @@ def test_a_function_mode_left_on_the_stack_is_popped() -> None:
             "baseline_patched",
             "torch.nn.functional.scaled_dot_product_attention",
         ),
-        (gate, "check_values", "harness_patched", "study.measure.gate.check_values"),
-        (gate, "make_inputs", "harness_patched", "study.measure.gate.make_inputs"),
+        (runner, "copy_out", "harness_patched", "study.measure.runner.copy_out"),
+        (runner, "_SDPA", "baseline_patched", "study.measure.runner._SDPA"),
         (guard, "snapshot_state", "harness_patched", "study.measure.guard.snapshot_state"),
     ],
 )

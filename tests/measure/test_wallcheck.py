@@ -1,0 +1,90 @@
+"""The wall-clock checks on known numbers: what is consistent passes, each lie is named.
+
+Each list holds (reported us, wall us) per call, as study/measure/remote.py records them; the
+baseline's lists are the honest control (same request path, trusted runner).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from study.measure import wallcheck
+from study.measure.guard import Rejected
+
+
+def calls(times_us, gap_us, seed=0, jitter_us=0.0):
+    rng = random.Random(seed)
+    return [(t, t + gap_us + rng.uniform(0, jitter_us)) for t in times_us]
+
+
+def rejected(candidate, baseline) -> str:
+    with pytest.raises(Rejected) as info:
+        wallcheck.check(candidate, baseline)
+    assert info.value.check == "timing_inconsistent"
+    return info.value.detail
+
+
+def test_honest_times_pass_quiet_and_loaded() -> None:
+    times = [1000.0 + 10 * i for i in range(30)]
+    wallcheck.check(calls(times, 40), calls(times, 35, seed=1))
+    # a loaded machine: long, uneven gaps on both sides
+    wallcheck.check(calls(times, 2000, 1, 9000), calls(times, 2000, 2, 9000))
+    # short calls whose runner waits for a CPU more often than the baseline's (seen on a
+    # 2-core machine at load 12: gaps of 1 ms or 4 ms, the candidate's slow half the time)
+    short = [200.0] * 20
+    cand = [(t, t + (4000 if i % 2 else 1000)) for i, t in enumerate(short)]
+    base = [(t, t + (4000 if i % 10 == 3 else 1000)) for i, t in enumerate(short)]
+    wallcheck.check(cand, base)
+
+
+def test_a_reported_time_beyond_its_wall_is_impossible() -> None:
+    honest = calls([500.0] * 10, 40)
+    detail = rejected(honest[:4] + [(900.0, 600.0)] + honest[5:], honest)
+    assert detail == "timed call 4: reported 900.0 us inside a wall time of 600.0 us"
+
+
+@pytest.mark.parametrize("factor", [2.0, 10.0, 1000.0])
+def test_under_reported_times_are_rejected(factor) -> None:
+    """A clock slowed `factor` times, or forged times: the hidden time is in every wall."""
+    real = [5000.0 + 50 * i for i in range(20)]
+    lying = [(t / factor, t + 40) for t in real]
+    detail = rejected(lying, calls(real, 40))
+    assert "more per call than the reported median" in detail
+
+
+def test_the_allowance_grows_with_the_machine_noise_not_with_the_candidate() -> None:
+    real = [5000.0] * 20
+    lying = [(t / 10, t + 40) for t in real]  # 4500 us hidden per call
+    rejected(lying, calls(real, 40))  # on a quiet machine
+    noisy = calls(real, 40, 3, 8000)  # the baseline's gaps vary by 8 ms: the lie is within it
+    wallcheck.check(lying, noisy)
+    # the candidate's own spread buys nothing: only the trusted baseline's counts
+    rejected([(us, wall + 3000 * (i % 2)) for i, (us, wall) in enumerate(lying)], calls(real, 40))
+
+
+def test_small_lies_below_the_floor_pass() -> None:
+    """What the wall clock cannot see: under MIN_HIDDEN_US and HIDDEN_FRACTION of the median."""
+    real = [1000.0] * 20
+    lying = [(t * 0.7, t + 40) for t in real]  # 300 us hidden: < 0.5 x 700
+    wallcheck.check(lying, calls(real, 40))
+
+
+def test_interference_reasons() -> None:
+    assert wallcheck.interference(0.001, 1.0, 1.05) is None
+    cpu = wallcheck.interference(0.5, 1.0, None)
+    assert cpu == "the candidate's processes used 500 ms of CPU while the baseline ran (1000 ms)"
+    slow = wallcheck.interference(0.0, 1.0, 1.6, apart=True)
+    assert slow == (
+        "the baseline took 1.60x as long beside the candidate as with no candidate process alive"
+    )
+    assert wallcheck.interference(0.0, 1.0, 1.6, apart=False) is None  # a drift, not a slowdown
+
+
+def test_slowdown_needs_samples_apart() -> None:
+    ratio, apart = wallcheck.slowdown([20.0, 21.0, 22.0, 23.0], [10.0, 10.5, 11.0, 11.5])
+    assert ratio == pytest.approx(21.5 / 10.75) and apart
+    ratio, apart = wallcheck.slowdown([5.0, 30.0, 6.0, 40.0], [10.0, 11.0, 9.0, 12.0])
+    assert ratio > 1.3 and not apart
+    assert wallcheck.slowdown([], [1.0]) == (None, False)
