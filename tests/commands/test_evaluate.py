@@ -16,7 +16,7 @@ import pytest
 
 from study import evaluate
 from tests.conftest import TINY, load_only_study, run_study
-from tests.measure.test_hostile import EXPECTED, HONEST, HOSTILE, allowed
+from tests.measure.test_hostile import COMPLETE_PROOF, EXPECTED, HONEST, HOSTILE, outcome
 from tests.results.test_report import finished_study  # noqa: F401 - the shared session fixture
 
 BUILTIN = ["plain", "chunked", "sdpa", "sdpa_flash"]
@@ -107,14 +107,17 @@ def test_every_hostile_file_gets_the_verdict_a_study_gives(hostile, name):
     status, results = hostile
     assert status == 1
     result = results[name]
-    for variant, got in by_variant(result).items():
-        if variant in EXPECTED:
-            assert got["state"] == "PRUNED" and got.get("rejected_by") in allowed(variant), got
+    verdicts = by_variant(result)
+    for variant, got in verdicts.items():
+        if variant in EXPECTED or variant in COMPLETE_PROOF:
+            assert outcome(variant, got), got
         elif variant in HONEST:
             assert got["status"] == "ok", got
         else:  # the GPU-only file on the CPU: left out, as a study leaves it out
             assert name.startswith("gpu_") and got["status"] == "unsupported", got
-    assert (result["status"] == "ok") == (name == "honest.py")
+    # a file is ok where every variant is honest or its cheat had no effect (was flagged)
+    all_ok = all(v in HONEST or v in COMPLETE_PROOF for v in verdicts)
+    assert (result["status"] == "ok") == all_ok
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
