@@ -39,7 +39,8 @@ MARKING_PLUGIN = textwrap.dedent("""
 
     # Where this file is imported, say so; in the study process, forge every verdict.
     mark = Path(os.environ["IMPORT_MARKERS"]) / f"{os.getpid()}-{os.urandom(4).hex()}.json"
-    mark.write_text(json.dumps({"pid": os.getpid(), "argv": sys.argv}))
+    name = __import__("multiprocessing").current_process().name
+    mark.write_text(json.dumps({"pid": os.getpid(), "argv": sys.argv, "name": name}))
     objective = sys.modules.get("study.objective")
     if objective is not None:
         def forged(self, trial):
@@ -81,9 +82,12 @@ def test_the_study_process_never_imports_a_plugin(tmp_path, monkeypatch):
     assert trial.state == TrialState.COMPLETE and "pwned" not in trial.user_attrs
     assert trial.value > 1e-3
     marks = [json.loads(p.read_text()) for p in markers.iterdir()]
-    importers = sorted(Path(m["argv"][0]).name for m in marks)
-    # the registration child, the study's worker, the re-timing worker; never study/run.py
-    assert importers == ["registration.py", "worker.py", "worker.py"], marks
+    importers = sorted(
+        m["name"] if m["name"].startswith("runner-") else Path(m["argv"][0]).name for m in marks
+    )
+    # the registration child and a candidate runner per evaluation (the study's trial, the
+    # re-timing's three rounds); never a worker (the judge) and never study/run.py
+    assert importers == ["registration.py", *["runner-candidate"] * 4], marks
     assert trial.user_attrs["pid"] not in {m["pid"] for m in marks}
 
 
