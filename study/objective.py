@@ -79,6 +79,7 @@ RESULT_ATTRS = (
     "candidate_cpu_ms",
     "baseline_slowdown",
     "baseline_interference",
+    "wall_retried",
 )
 # What a study's value is (stored with the study; a study of another objective is not resumed).
 OBJECTIVE = "value_us: reference SDPA latency / paired speedup, microseconds"

@@ -40,6 +40,10 @@ from study.measure.runner import cuda_error
 from study.measure.shared import Arena, storage_bytes
 from study.measure.timedcheck import TimedCheck
 
+# A failed wall-clock check measures the pair once more and checks the new walls alone: a
+# runner that under-reports fails every measurement; a burst of load on a shared machine seldom
+# twice (an honest plugin failed 1 trial in 10 beside a co-load of 3 on 2 cores).
+WALL_RETRIES = 1
 CONTROL_REPS = 16  # baseline calls timed again with no candidate process alive
 CLEANUP_S = 60.0  # the baseline's own requests after a trial (the control, the clean-up)
 DEFAULT_TIMEOUT_S = 600.0
@@ -248,18 +252,34 @@ class Trial:
             base_side.watch = CpuWatch(self.runner, self.strays)
         self.base_side, self.timed = base_side, timed
         timed.fill_all()
-        try:
-            pair = timing.measure_pair(
-                problem, cand_side, base_side, args, self.bench, before_rep=self._hook(timed)
-            )
-        finally:
-            self.runner.resume()
-            self.baseline.resume()
-        timed.finish()
-        if not self.builtin:  # a built-in's runner never ran plugin code: its clock is ours
-            wallcheck.check(cand_side.walls, base_side.walls)
-            wallcheck.check(cand_side.block_walls, base_side.block_walls)
+        for attempt in range(1 + WALL_RETRIES):
+            for side in (cand_side, base_side):
+                side.walls, side.block_walls = [], []
+            try:
+                pair = timing.measure_pair(
+                    problem, cand_side, base_side, args, self.bench, before_rep=self._hook(timed)
+                )
+            finally:
+                self.runner.resume()
+                self.baseline.resume()
+            timed.finish()
+            if self.builtin:  # a built-in's runner never ran plugin code: its clock is ours
+                break
+            try:
+                self._check_walls(cand_side, base_side)
+                break
+            except Rejected:
+                if attempt == WALL_RETRIES:
+                    raise
+                self.result["wall_retried"] = True  # a lie fails again; noise seldom does
         return pair, timed, cand_side, base_side
+
+    @staticmethod
+    def _check_walls(cand_side: RemoteSide, base_side: RemoteSide) -> None:
+        wallcheck.check(cand_side.walls, base_side.walls)
+        # a block is one request like a call (one reply, one copy out): its excess is measured
+        # against the baseline's calls, a few blocks being too few for a floor of their own
+        wallcheck.check(cand_side.block_walls, base_side.walls)
 
     def _hook(self, timed: TimedCheck) -> Any:
         watch_every = 8
