@@ -1,7 +1,8 @@
 """What the judge's separation costs: trial wall time before and after, on the same candidates.
 
-Before: the code at `--before` (default 6ee8946, the last commit with the candidate in the
-worker's own process), checked out in a temporary `git worktree`. After: this tree. Each tree
+Before: the code at `--before` (default 2e34a1e, issue17's head this branch was rebased onto:
+the last commit with the candidate in the worker's own process, with the paired timing and the
+containment that the judge keeps), checked out in a temporary `git worktree`. After: this tree. Each tree
 runs in a server process of its own (this file with `--serve`, the tree on its path) that holds
 one `Worker` of that tree and evaluates the tasks it is sent, as a study's objective does:
 `Worker.call("evaluate", ...)` on `evaluate_task(...)`. The driver sends every task to both
@@ -112,7 +113,7 @@ def main() -> int:
     parser.add_argument("--problems", default="small_cpu,decode_cpu")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--bench", default="default")
-    parser.add_argument("--before", default="6ee8946")
+    parser.add_argument("--before", default="2e34a1e")
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
     if args.serve:
