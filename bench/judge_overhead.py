@@ -2,9 +2,10 @@
 
 Before: the code at `--before` (default 2e34a1e, issue17's head this branch was rebased onto:
 the last commit with the candidate in the worker's own process, with the paired timing and the
-containment that the judge keeps), checked out in a temporary `git worktree`. After: this tree. Each tree
-runs in a server process of its own (this file with `--serve`, the tree on its path) that holds
-one `Worker` of that tree and evaluates the tasks it is sent, as a study's objective does:
+containment that the judge keeps), checked out in a temporary `git worktree`. After: this tree.
+Each tree runs in a server process of its own (this file with `--serve`, the tree on its
+path) that holds one `Worker` of that tree and evaluates the tasks it is sent, as a study's
+objective does:
 `Worker.call("evaluate", ...)` on `evaluate_task(...)`. The driver sends every task to both
 servers, one after the other, the order alternating, so that the two measurements of a task are
 seconds apart: this machine's load moves by a factor of three within minutes (a whole study per
