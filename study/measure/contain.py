@@ -48,9 +48,18 @@ BASE_ARGS = (
     "--new-session",
 )  # fmt: skip
 SCRATCH = "/dev/shm"  # bwrap's private /dev has a private, writable /dev/shm
+# The caches candidate code writes, all in the scratch space: the file system is read-only, and
+# an inherited cache variable wins over TMPDIR (inductor sets TORCHINDUCTOR_CACHE_DIR in its own
+# process's environment the first time it compiles, so every process started after that, a
+# study's worker included, inherited /tmp/torchinductor_<user> and failed to create its locks
+# there: every compiled variant FAILed in the full test suite and in a study started by a
+# process that had compiled before).
 SCRATCH_ENV = {
     "TMPDIR": SCRATCH,
     "TRITON_CACHE_DIR": f"{SCRATCH}/triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{SCRATCH}/torchinductor",
+    "CUDA_CACHE_PATH": f"{SCRATCH}/nv-compute-cache",
+    "TORCH_EXTENSIONS_DIR": f"{SCRATCH}/torch_extensions",
     "XDG_CACHE_HOME": f"{SCRATCH}/cache",
 }
 GPU_NODES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")

@@ -255,3 +255,29 @@ def test_cuda_runs_inside_the_sandbox_with_the_device_nodes_bound_in():
     out, err = proc.popen.communicate(timeout=300)
     assert proc.sandboxed and proc.popen.returncode == 0, err[-2000:]
     assert out.decode().strip() == "4.0"
+
+
+COMPILE = textwrap.dedent("""
+    import os, torch
+    f = torch.compile(lambda x: (x * 2).sin(), backend="inductor")
+    x = torch.randn(8)
+    assert torch.allclose(f(x), (x * 2).sin())
+    print(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+""")
+
+
+@needs_bwrap
+def test_candidates_compile_in_the_sandbox_whatever_cache_the_study_inherited(tmp_path):
+    """The study's environment names a cache on the read-only file system (inductor puts
+    TORCHINDUCTOR_CACHE_DIR into its process's environment once it has compiled, and the test
+    suite's process has): a sandboxed process still compiles, into the scratch space."""
+    cache = tmp_path / "inductor-cache"
+    cache.mkdir()
+    env = _env() | {"TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache)}
+    proc = contain.spawn(
+        [sys.executable, "-c", COMPILE], contain.Sandbox(), stdout=subprocess.PIPE, env=env
+    )
+    out, _ = proc.popen.communicate(timeout=300)
+    assert proc.popen.returncode == 0
+    assert out.decode().strip() == f"{contain.SCRATCH}/torchinductor"
+    assert not any(cache.iterdir())  # nothing written where the study's variable pointed

@@ -134,7 +134,19 @@ def _start(tmp_path: Path, marker: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_in_a_terminal,
     )
+
+
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default disposition in the study, as in a terminal's foreground job.
+
+    A non-interactive shell starts a background job (`make test &`, a CI script's `cmd &`) with
+    SIGINT ignored, and every process below inherits that: Python then never turns SIGINT into
+    KeyboardInterrupt, and test_sigint_stops_cleanly_with_130 waited out its 60 s (it failed
+    in two fresh-clone runs started that way and passed in the foreground).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc")
