@@ -41,6 +41,7 @@ import optuna
 from study import cli
 from study.config import group_options
 from study.landscape.compare import compare, markdown
+from study.landscape.kerneltuner import parse_scalar
 from study.landscape.metrics import WITHIN, evaluations_to
 from study.landscape.objective import run_study, sampler_config
 from study.landscape.plot import plot
@@ -77,14 +78,7 @@ def _as_bool(key: str, value: str) -> bool:
 def _option_value(text: str) -> Any:
     if text.lower() in ("null", "none"):
         return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    return parse_scalar(text)
 
 
 KEYS = (

@@ -108,7 +108,7 @@ def read(
                 f"tune_params_keys has {len(keys)}"
             )
         # the entry's own typed values where it has them, else the key's text
-        rows.append([entry.get(k, _parse(p)) for k, p in zip(keys, parts, strict=True)])
+        rows.append([entry.get(k, parse_scalar(p)) for k, p in zip(keys, parts, strict=True)])
         value = entry["time"]
         if isinstance(value, str):
             latency[r] = math.nan
@@ -150,7 +150,8 @@ def read(
     return list(keys), values, index, latency, notes
 
 
-def _parse(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
+    """An int, else a float, else the text itself (a cache key's parts; replay's options)."""
     try:
         return int(text)
     except ValueError:
