@@ -119,8 +119,21 @@ class Layout(Mutation):
         return _forwarding(run, contiguous_then_run)
 
 
+POOL_GRAIN_BYTES = 32768  # ATen's parallel grain: a fill this long per thread uses every thread
+
+
+def wake_pool(threads: int) -> None:
+    """One parallel fill on `threads` threads: returns once every pool thread has run."""
+    if threads > 1:
+        torch.empty(POOL_GRAIN_BYTES * threads, dtype=torch.uint8).fill_(1)
+
+
 class Threads(Mutation):
-    """CPU intra-op thread count for the candidate's calls (0: torch's default); restored after."""
+    """CPU intra-op thread count for the candidate's calls (0: torch's default); restored after,
+    and the restored pool brought up inside the call: the first parallel region after
+    `set_num_threads` pays for the switch (milliseconds on a loaded machine), and a call that
+    left it to whatever runs next hid that cost from its own time (the judge's wall clock saw
+    it: honest threads=1 plugins were pruned `timing_inconsistent` beside a co-load)."""
 
     def supports(self, problem: Problem, value: Any) -> str | None:
         if problem.is_cuda and value != 0:
@@ -140,6 +153,7 @@ class Threads(Mutation):
             yield
         finally:
             torch.set_num_threads(before)
+            wake_pool(before)
 
 
 # -- out=prealloc ---------------------------------------------------------------------------------

@@ -40,13 +40,24 @@ from study.measure.runner import cuda_error
 from study.measure.shared import Arena, storage_bytes
 from study.measure.timedcheck import TimedCheck
 
-# A failed wall-clock check measures the pair once more and checks the new walls alone: a
-# runner that under-reports fails every measurement; a burst of load on a shared machine seldom
-# twice (an honest plugin failed 1 trial in 10 beside a co-load of 3 on 2 cores).
+# A failed wall-clock check measures the pair once more, with RETRY_REPS times the repetitions
+# (and time cap), and checks the new walls alone: a runner that under-reports fails every
+# measurement, and more calls make its hidden time plainer; a burst of load on a shared machine
+# seldom fails twice, and two floors taken from more calls each lie closer by chance.
 WALL_RETRIES = 1
+RETRY_REPS = 3
 CONTROL_REPS = 16  # baseline calls timed again with no candidate process alive
 CLEANUP_S = 60.0  # the baseline's own requests after a trial (the control, the clean-up)
 DEFAULT_TIMEOUT_S = 600.0
+
+
+def _more_reps(bench: dict[str, Any]) -> dict[str, Any]:
+    """The bench settings of a wall-clock retry: RETRY_REPS times the repetitions and time."""
+    more = dict(bench)
+    more["min_reps"] = int(bench["min_reps"]) * RETRY_REPS
+    more["max_reps"] = int(bench["max_reps"]) * RETRY_REPS
+    more["time_cap_s"] = float(bench["time_cap_s"]) * RETRY_REPS
+    return more
 
 
 class Judge:
@@ -255,9 +266,10 @@ class Trial:
         for attempt in range(1 + WALL_RETRIES):
             for side in (cand_side, base_side):
                 side.walls, side.block_walls = [], []
+            bench = self.bench if attempt == 0 else _more_reps(self.bench)
             try:
                 pair = timing.measure_pair(
-                    problem, cand_side, base_side, args, self.bench, before_rep=self._hook(timed)
+                    problem, cand_side, base_side, args, bench, before_rep=self._hook(timed)
                 )
             finally:
                 self.runner.resume()

@@ -57,11 +57,11 @@ import numpy as np
 import torch
 
 from kernels import Problem
-from kernels.mutations import persisting_reset
+from kernels.mutations import POOL_GRAIN_BYTES, persisting_reset
 from study.measure.pairing import bootstrap_ci, paired_median
 
 FLUSH_BYTES = 256 * 1024 * 1024
-WAKE_BYTES_PER_THREAD = 32768  # ATen's parallel grain: one chunk of the wake op per thread
+WAKE_BYTES_PER_THREAD = POOL_GRAIN_BYTES  # one chunk of the wake op per pool thread
 BLOCK_TARGET_US = 2000.0  # a back-to-back block lasts about this long ...
 BLOCK_CALLS = (2, 64)  # ... within this many calls
 # A GPU problem is launch-bound (value: back to back) below both of these: about 50 us of work

@@ -9,15 +9,21 @@ each `rejected_by: timing_inconsistent`:
 - a reported time longer than the wall time around it (physically impossible: the call ran
   inside that interval), and with it a sum of reported times above the sum of wall times;
 - a reported median inconsistent with the wall clock: the time the wall clock sees beyond the
-  reported time (IPC, copying the output out, scheduling) is compared with the same excess of
-  the baseline's requests, interleaved with the candidate's. An honest runner's excess is
-  the baseline's; a runner that under-reports shows the hidden time in every call. Each side's
-  excess is taken at its floor (`FLOOR_QUANTILE`: a loaded machine adds long delays to some
-  calls of either side, never takes time away), and the difference must exceed the larger of
-  `MIN_HIDDEN_US`, `HIDDEN_FRACTION` of the reported median and `NOISE` times how far the
-  baseline's typical excess lies above its floor: the check rejects only what the noise of the
-  machine it runs on cannot explain. A lie smaller than that goes unseen: on a quiet machine
-  about half the reported time or 100 us per call, on a loaded one a few milliseconds.
+  reported time (IPC, copying the output out, waking the thread pool, scheduling) is compared
+  with the same excess of the baseline's requests, interleaved with the candidate's. An honest
+  runner's excess is drawn from the baseline's distribution (same request code, same moments
+  of the machine); a runner that under-reports shows the hidden time in every call. Each
+  side's excess is taken at its floor (`FLOOR_QUANTILE`: a loaded machine adds long delays to
+  some calls of either side, never takes time away), and the difference of the floors must
+  exceed the larger of `MIN_HIDDEN_US`, `HIDDEN_FRACTION` of the reported median and what
+  chance gives: the `1 - ALPHA` quantile of the same difference over `PERMUTATIONS` random
+  relabellings of the pooled calls (a permutation test: under honesty the labels are
+  exchangeable). The check rejects only what the noise of the machine it runs on cannot
+  explain. A lie smaller than that goes unseen: on a quiet machine about half the reported
+  time or 100 us per call, on a loaded one up to a few milliseconds. (The rule before, three
+  times the baseline's own spread above its floor, pruned 1 honest trial in 30 with 12 calls a
+  side beside two other studies on 2 cores: two floors from 12 noisy calls each differ by
+  more than one side's spread suggests.)
 
 `interference` decides the flag for load aimed at the baseline's turns: CPU time the candidate's
 processes used while the baseline ran (they are stopped then, unless they left the candidate's
@@ -35,7 +41,8 @@ CLOCK_SLACK_US = 1.0  # both clocks are CLOCK_MONOTONIC; a microsecond of roundi
 FLOOR_QUANTILE = 0.1  # a side's excess at its best: scheduling delays only ever add
 MIN_HIDDEN_US = 100.0
 HIDDEN_FRACTION = 0.5
-NOISE = 3.0
+ALPHA = 0.001  # an honest runner fails one check in a thousand, and the retry (harness) again
+PERMUTATIONS = 4000
 CPU_SHARE = 0.1  # of the baseline's wall time, used by the candidate's processes meanwhile
 SLOWDOWN = 1.3  # baseline beside the candidate / baseline with no candidate process alive
 
@@ -58,10 +65,9 @@ def check(candidate: list[tuple[float, float]], baseline: list[tuple[float, floa
         return
     excess_c = np.array([wall - us for us, wall in candidate])
     excess_b = np.array([wall - us for us, wall in baseline])
-    floor_b, typical_b = np.quantile(excess_b, [FLOOR_QUANTILE, 0.5])
-    hidden = float(np.quantile(excess_c, FLOOR_QUANTILE) - floor_b)
+    hidden = float(_floor(excess_c) - _floor(excess_b))
     median = float(np.median(reported))
-    allowed = max(MIN_HIDDEN_US, HIDDEN_FRACTION * median, NOISE * float(typical_b - floor_b))
+    allowed = max(MIN_HIDDEN_US, HIDDEN_FRACTION * median, chance(excess_c, excess_b))
     if hidden > allowed:
         raise Rejected(
             "timing_inconsistent",
@@ -69,6 +75,22 @@ def check(candidate: list[tuple[float, float]], baseline: list[tuple[float, floa
             f"of {median:.1f} us accounts for (allowed {allowed:.0f} us, from the baseline's "
             "requests)",
         )
+
+
+def _floor(excess: np.ndarray) -> np.ndarray:
+    return np.quantile(excess, FLOOR_QUANTILE, axis=-1)
+
+
+def chance(excess_c: np.ndarray, excess_b: np.ndarray) -> float:
+    """The `1 - ALPHA` quantile of floor(candidate) - floor(baseline) with the calls' labels
+    drawn at random from the pooled calls: how far apart the two floors lie by chance alone.
+    Seeded: the same walls give the same verdict."""
+    pooled = np.concatenate([excess_c, excess_b])
+    rng = np.random.default_rng(len(excess_c) * 1_000_003 + len(excess_b))
+    shuffled = rng.permuted(np.broadcast_to(pooled, (PERMUTATIONS, pooled.size)), axis=1)
+    split = len(excess_c)
+    gaps = _floor(shuffled[:, :split]) - _floor(shuffled[:, split:])
+    return float(np.quantile(gaps, 1.0 - ALPHA))
 
 
 def slowdown(beside: list[float], alone: list[float]) -> tuple[float | None, bool]:
