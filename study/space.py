@@ -84,6 +84,18 @@ class Candidate:
         return self.variant + (f"({', '.join(parts)})" if parts else "")
 
 
+BASELINE_VARIANT = "sdpa"  # the default SDPA call: what a user runs today, and the baseline
+
+
+def is_default(candidate: Candidate) -> bool:
+    """SDPA as a model calls it today: the baseline's variant, no tunable, no mutation."""
+    return (
+        candidate.variant == BASELINE_VARIANT
+        and not candidate.params
+        and all(value == mut.default_value(name) for name, value in candidate.mutations.items())
+    )
+
+
 @dataclass(frozen=True)
 class Unverified:
     """A combination of tunables and mutations left out of every space until a GPU run has
@@ -203,6 +215,10 @@ class SearchSpace:
             if reason:
                 return reason
         return unverified_reason(candidate)
+
+    def default_index(self) -> int | None:
+        """Where SDPA at its defaults (`is_default`) is in candidates(), if the space holds it."""
+        return next((i for i, c in enumerate(self.candidates()) if is_default(c)), None)
 
     def candidates(self) -> list[Candidate]:
         """Every distinct valid effective candidate (what an exhaustive search measures).

@@ -17,7 +17,9 @@ from typing import Any
 import optuna
 from optuna.distributions import IntDistribution
 
+from kernels import mutations as mut
 from study.landscape.table import ReplayError, Table
+from study.space import BASELINE_VARIANT
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,28 @@ class ReplaySpace:
 
     def candidates(self) -> list[RowCandidate]:
         return [RowCandidate(r) for r in range(self.table.size)]
+
+    def default_index(self) -> int | None:
+        """The row of SDPA at its defaults, as live (study.space.is_default): variant sdpa,
+        every other column empty or a mutation (`mut.<name>`) at its default; None in a table
+        without one (a Kernel Tuner cache)."""
+        table = self.table
+        if table.variant is None:
+            return None
+        for r in range(table.size):
+            if table.variant[r] != BASELINE_VARIANT:
+                continue
+            named = {
+                c: table.values[c][int(i)]
+                for c, i in zip(self.columns, table.index[r], strict=True)
+                if i >= 0 and c != "variant"
+            }
+            if all(
+                c.startswith("mut.") and str(v) == str(mut.default_value(c[4:]))
+                for c, v in named.items()
+            ):
+                return r
+        return None
 
     def active_encoding(self, candidate: RowCandidate) -> dict[str, int]:
         """The row's non-empty columns as indices (empty = inert, as live)."""

@@ -116,3 +116,27 @@ def test_active_encoding_leaves_out_other_variants_tunables(space) -> None:
     for candidate in space.candidates():  # the active indices are the encoding's
         encoded = space.encode(candidate)
         assert all(encoded[n] == i for n, i in space.active_encoding(candidate).items())
+
+
+def test_a_live_space_names_sdpa_at_its_defaults(space) -> None:
+    """The default sampler's first pick (study/search/_screen.py): SDPA as a model calls it,
+    where the space offers it; none in a space without the sdpa variant."""
+    assert space.default_index() is None  # plain and chunked only
+    problem = kernels.Problem(
+        batch=1, heads_q=2, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16,
+        dtype="float32", causal=False, device="cpu",
+    )  # fmt: skip
+    cfg = {
+        "variants": ["sdpa", "plain"],
+        "mutations": {"layout": ["bshd", "bhsd"], "threads": [1, 0]},
+    }
+    with_sdpa = build_space(
+        problem, cfg, kernels.variants(), lambda names: {n: None for n in names}
+    )
+    index = with_sdpa.default_index()
+    assert index is not None
+    assert with_sdpa.candidates()[index].to_dict() == {
+        "variant": "sdpa",
+        "params": {},
+        "mutations": {"layout": "bhsd", "threads": 0},
+    }

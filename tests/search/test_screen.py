@@ -171,3 +171,43 @@ def test_a_stalled_search_moves_locally(space: landscape.ReplaySpace) -> None:
     screen._improved_at = 1  # 5: stalled
     picks = {screen._model_free(observed, [child], fresh) for _ in range(4)}
     assert picks <= near and len(picks) >= 2
+
+
+def write_attention_table(path: Path) -> Path:
+    """Our own kind of table: variants (one with a tunable), two mutations; SDPA at its
+    defaults (variant sdpa, mut.layout=bhsd, mut.threads=0) is neither the best nor the worst."""
+    rng = np.random.default_rng(7)
+    lines = ["variant,chunked.chunk,mut.layout,mut.threads,latency_us"]
+    for variant, chunks in (("sdpa", [""]), ("plain", [""]), ("chunked", ["64", "128", "256"])):
+        for chunk, layout, threads in itertools.product(chunks, ("bhsd", "bshd"), (0, 1)):
+            lines.append(f"{variant},{chunk},{layout},{threads},{rng.uniform(100, 900):.3f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_first_pick_is_sdpa_at_its_defaults_where_the_space_holds_it(tmp_path: Path) -> None:
+    """What the user runs today is measured first (the incumbent every later pick must beat);
+    with start=uniform, and in a table without it (a Kernel Tuner cache), the first pick is a
+    uniform draw: over 40 seeds, many rows."""
+    table = landscape.load_table(write_attention_table(tmp_path / "attention.csv"))
+    space = landscape.ReplaySpace(table)
+    default = space.default_index()
+    assert default is not None
+    assert table.label(default) == "variant=sdpa, mut.layout=bhsd, mut.threads=0"
+
+    def first(options: dict, seed: int) -> int:
+        pick = PoolScreen(space, Ledger(space, seed), seed, options).pick([])
+        assert pick is not None
+        row = space.lookup(pick)
+        assert row is not None
+        return row
+
+    assert {first({}, seed) for seed in range(40)} == {default}
+    uniform = {first({"start": "uniform"}, seed) for seed in range(40)}
+    assert len(uniform) >= 8  # of 20 rows
+    bowl = landscape.ReplaySpace(landscape.load_table(write_table(tmp_path / "bowl.csv")))
+    assert bowl.default_index() is None
+    screen = drive(bowl, {}, 1)  # nothing to start from: a draw, as before
+    assert screen.explored == 0
+    with pytest.raises(ValueError, match="start='first': default or uniform"):
+        PoolScreen(space, Ledger(space, 0), 0, {"start": "first"})
