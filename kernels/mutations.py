@@ -39,6 +39,8 @@ import torch
 
 from kernels._cudart import L2Runner, cudart, in_one_allocation
 from kernels._cudart import persisting_reset as persisting_reset  # the timer's (see above)
+from kernels._graph import GraphRunner as GraphRunner  # the graph=on runner (see there)
+from kernels._graph import buffer_key
 from kernels._problem import Problem
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -169,10 +171,6 @@ def takes_out(run: Runner) -> bool:
     )
 
 
-def _buffer_key(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
-    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors)
-
-
 def _poisoned_output(problem: Problem, q: torch.Tensor) -> torch.Tensor:
     """A (B, Hq, Sq, D) output buffer filled with NaN: a kernel that skips elements shows."""
     return torch.full(problem.q_shape(), float("nan"), dtype=problem.dtype, device=q.device)
@@ -193,7 +191,7 @@ class PreallocRunner:
         self.buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        key = _buffer_key((q, k, v))
+        key = buffer_key((q, k, v))
         out = self.buffers.get(key)
         if out is None:
             out = self.buffers[key] = _poisoned_output(self.problem, q)
@@ -239,52 +237,6 @@ class Out(Mutation):
 
 
 # -- graph=on -------------------------------------------------------------------------------------
-class GraphRunner:
-    """Captures `run` into a CUDA graph once per input-buffer set and replays it.
-
-    The first call with a new set of input buffers (the timing's warm-up) warms `run` up on a side
-    stream, captures one call on those very buffers (no copy into static inputs: a copy would count
-    in the time), fills the captured output with NaN and replays; later calls with the same buffers
-    only replay, so they read whatever the buffers hold now. `fresh=True` captures a new graph on
-    every call (the gate's version: every output is its own memory).
-    """
-
-    def __init__(self, run: Runner, problem: Problem, warmup: int = 2, fresh: bool = False) -> None:
-        self.run = run
-        self.problem = problem
-        self.warmup = warmup
-        self.fresh = fresh
-        self.graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor]] = {}
-        self.captures = 0
-
-    def capture(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[Any, Any]:
-        side = torch.cuda.Stream(device=q.device)
-        side.wait_stream(torch.cuda.current_stream(q.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.run(q, k, v)
-        torch.cuda.current_stream(q.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self.run(q, k, v)
-        if not isinstance(out, torch.Tensor):
-            raise RuntimeError(f"graph=on: the run returned {type(out).__name__}, not a tensor")
-        out.fill_(float("nan"))
-        self.captures += 1
-        return graph, out
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.fresh:  # kept alive with its output: the graph's private pool holds it
-            graph, out = self.graphs[("fresh", self.captures)] = self.capture(q, k, v)
-        else:
-            key = _buffer_key((q, k, v))
-            if key not in self.graphs:
-                self.graphs[key] = self.capture(q, k, v)
-            graph, out = self.graphs[key]
-        graph.replay()
-        return out
-
-
 class Graph(Mutation):
     """off: eager launches. on: the candidate and the SDPA baseline are both captured into a CUDA
     graph per input-buffer set after warm-up and replayed in the timed calls."""

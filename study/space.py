@@ -89,10 +89,16 @@ BASELINE_VARIANT = "sdpa"  # the default SDPA call: what a user runs today, and 
 
 def is_default(candidate: Candidate) -> bool:
     """SDPA as a model calls it today: the baseline's variant, no tunable, no mutation."""
-    return (
-        candidate.variant == BASELINE_VARIANT
-        and not candidate.params
-        and all(value == mut.default_value(name) for name, value in candidate.mutations.items())
+    named = {f"mut.{n}": v for n, v in candidate.mutations.items()} | dict(candidate.params)
+    return is_default_point(candidate.variant, named)
+
+
+def is_default_point(variant: str, named: Mapping[str, Any]) -> bool:
+    """`is_default` on a table row's text: its variant and its non-empty columns by name
+    (`mut.<mutation>` for a mutation; anything else is a tunable, never default)."""
+    return variant == BASELINE_VARIANT and all(
+        name.startswith("mut.") and str(value) == str(mut.default_value(name[4:]))
+        for name, value in named.items()
     )
 
 

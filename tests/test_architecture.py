@@ -31,6 +31,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "study.config",
         "study.errors",
         "study.objective",
+        "study.space",
         "study.storage",
     ),
     "study.results": ("kernels", "study.results", "study.measure", "study.errors", "study.storage"),

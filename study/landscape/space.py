@@ -17,9 +17,8 @@ from typing import Any
 import optuna
 from optuna.distributions import IntDistribution
 
-from kernels import mutations as mut
 from study.landscape.table import ReplayError, Table
-from study.space import BASELINE_VARIANT
+from study.space import is_default_point
 
 
 @dataclass(frozen=True)
@@ -96,24 +95,16 @@ class ReplaySpace:
         return [RowCandidate(r) for r in range(self.table.size)]
 
     def default_index(self) -> int | None:
-        """The row of SDPA at its defaults, as live (study.space.is_default): variant sdpa,
-        every other column empty or a mutation (`mut.<name>`) at its default; None in a table
-        without one (a Kernel Tuner cache)."""
+        """The row of SDPA at its defaults, as live (study.space.is_default_point); None in a
+        table without one (a Kernel Tuner cache)."""
         table = self.table
-        if table.variant is None:
-            return None
-        for r in range(table.size):
-            if table.variant[r] != BASELINE_VARIANT:
-                continue
+        for r in range(table.size if table.variant is not None else 0):
             named = {
                 c: table.values[c][int(i)]
                 for c, i in zip(self.columns, table.index[r], strict=True)
                 if i >= 0 and c != "variant"
             }
-            if all(
-                c.startswith("mut.") and str(v) == str(mut.default_value(c[4:]))
-                for c, v in named.items()
-            ):
+            if is_default_point(table.variant[r], named):  # type: ignore[index]
                 return r
         return None
 

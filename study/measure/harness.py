@@ -40,23 +40,29 @@ from study.measure.runner import cuda_error
 from study.measure.shared import Arena, storage_bytes
 from study.measure.timedcheck import TimedCheck
 
-# A failed wall-clock check measures the pair once more, with RETRY_REPS times the repetitions
-# (and time cap), and checks the new walls alone: a runner that under-reports fails every
-# measurement, and more calls make its hidden time plainer; a burst of load on a shared machine
-# seldom fails twice, and two floors taken from more calls each lie closer by chance.
+# A failed wall-clock check measures the pair once more, with RETRY_REPS times the repetitions,
+# blocks and time cap (and at least RETRY_MIN_REPS repetitions, RETRY_MIN_BLOCKS blocks: enough
+# for the check to be decisive, wallcheck.decisive), and checks the new walls alone: a runner
+# that under-reports fails every measurement, and more calls make its hidden time plainer; a
+# burst of load on a shared machine seldom fails twice, and two floors taken from more calls
+# each lie closer by chance.
 WALL_RETRIES = 1
 RETRY_REPS = 3
+RETRY_MIN_REPS = 10
+RETRY_MIN_BLOCKS = 6
 CONTROL_REPS = 16  # baseline calls timed again with no candidate process alive
 CLEANUP_S = 60.0  # the baseline's own requests after a trial (the control, the clean-up)
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def _more_reps(bench: dict[str, Any]) -> dict[str, Any]:
-    """The bench settings of a wall-clock retry: RETRY_REPS times the repetitions and time."""
+def more_reps(bench: dict[str, Any]) -> dict[str, Any]:
+    """The bench settings of a wall-clock retry (see RETRY_REPS)."""
     more = dict(bench)
-    more["min_reps"] = int(bench["min_reps"]) * RETRY_REPS
-    more["max_reps"] = int(bench["max_reps"]) * RETRY_REPS
+    more["min_reps"] = max(int(bench["min_reps"]) * RETRY_REPS, RETRY_MIN_REPS)
+    more["max_reps"] = max(int(bench["max_reps"]) * RETRY_REPS, more["min_reps"])
     more["time_cap_s"] = float(bench["time_cap_s"]) * RETRY_REPS
+    if int(bench.get("b2b_blocks", 0)):
+        more["b2b_blocks"] = max(int(bench["b2b_blocks"]) * RETRY_REPS, RETRY_MIN_BLOCKS)
     return more
 
 
@@ -266,7 +272,7 @@ class Trial:
         for attempt in range(1 + WALL_RETRIES):
             for side in (cand_side, base_side):
                 side.walls, side.block_walls = [], []
-            bench = self.bench if attempt == 0 else _more_reps(self.bench)
+            bench = self.bench if attempt == 0 else more_reps(self.bench)
             try:
                 pair = timing.measure_pair(
                     problem, cand_side, base_side, args, bench, before_rep=self._hook(timed)

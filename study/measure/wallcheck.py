@@ -20,7 +20,9 @@ each `rejected_by: timing_inconsistent`:
   relabellings of the pooled calls (a permutation test: under honesty the labels are
   exchangeable). The check rejects only what the noise of the machine it runs on cannot
   explain. A lie smaller than that goes unseen: on a quiet machine about half the reported
-  time or 100 us per call, on a loaded one up to a few milliseconds. (The rule before, three
+  time or 100 us per call, on a loaded one up to a few milliseconds. Too few calls cannot rule
+  chance out at all (`TooFewCalls`: a measurement cut short by its time cap on a loaded
+  machine): the harness then measures again with more. (The rule before, three
   times the baseline's own spread above its floor, pruned 1 honest trial in 30 with 12 calls a
   side beside two other studies on 2 cores: two floors from 12 noisy calls each differ by
   more than one side's spread suggests.)
@@ -33,6 +35,8 @@ process alive (`baseline_slowdown`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from study.measure.guard import Rejected
@@ -43,6 +47,7 @@ MIN_HIDDEN_US = 100.0
 HIDDEN_FRACTION = 0.5
 ALPHA = 0.001  # an honest runner fails one check in a thousand, and the retry (harness) again
 PERMUTATIONS = 4000
+DECISIVE = 4.0  # relabellings per ALPHA needed before chance can be ruled out (`decisive`)
 CPU_SHARE = 0.1  # of the baseline's wall time, used by the candidate's processes meanwhile
 SLOWDOWN = 1.3  # baseline beside the candidate / baseline with no candidate process alive
 
@@ -67,7 +72,17 @@ def check(candidate: list[tuple[float, float]], baseline: list[tuple[float, floa
     excess_b = np.array([wall - us for us, wall in baseline])
     hidden = float(_floor(excess_c) - _floor(excess_b))
     median = float(np.median(reported))
-    allowed = max(MIN_HIDDEN_US, HIDDEN_FRACTION * median, chance(excess_c, excess_b))
+    allowed = max(MIN_HIDDEN_US, HIDDEN_FRACTION * median)
+    if hidden <= allowed:
+        return
+    if not decisive(len(excess_c), len(excess_b)):
+        raise TooFewCalls(
+            "timing_inconsistent",
+            f"the judge's wall clock sees {hidden:.0f} us more per call than the reported median "
+            f"of {median:.1f} us accounts for, and {len(excess_c)} calls against the baseline's "
+            f"{len(excess_b)} are too few to tell that from chance",
+        )
+    allowed = max(allowed, chance(excess_c, excess_b))
     if hidden > allowed:
         raise Rejected(
             "timing_inconsistent",
@@ -75,6 +90,18 @@ def check(candidate: list[tuple[float, float]], baseline: list[tuple[float, floa
             f"of {median:.1f} us accounts for (allowed {allowed:.0f} us, from the baseline's "
             "requests)",
         )
+
+
+class TooFewCalls(Rejected):
+    """Hidden time above the fixed allowance, in too few calls for the permutation to tell it
+    from chance (4 calls a side: 70 ways to split them, the most extreme one 1.4% likely). A
+    rejection where nothing more is measured; the harness measures again with more calls."""
+
+
+def decisive(calls: int, baseline_calls: int) -> bool:
+    """Whether so many calls can show a difference at ALPHA: the most extreme relabelling (all
+    of the largest excesses on the candidate's side) is at most a quarter of ALPHA likely."""
+    return math.comb(calls + baseline_calls, calls) * ALPHA >= DECISIVE
 
 
 def _floor(excess: np.ndarray) -> np.ndarray:

@@ -5,8 +5,7 @@ see it. Simulated here by slowing the runner's private clocks ten times and sile
 first (the detour's effect, with the guard as blind as it would be). The judge's clock is in
 another process: the wall time around each call exposes the lie (`timing_inconsistent`).
 `hostile_forged_times` skips the clock and rewrites the runner's reply instead: each timed call
-"took" 1 us. `hostile_lies_once` forges only its first measurement: the retry with more
-repetitions judges it by its truthful walls alone (COMPLETE, `wall_retried`).
+"took" 1 us.
 """
 
 import time
@@ -52,35 +51,6 @@ def build_forged(problem):
     def run(q, k, v):
         runner.Session.on_timed = forged
         time.sleep(SLEEP_S)
-        return honest(problem, q, k, v)
-
-    return run
-
-
-LIES = 10  # timed requests forged: nearly all of the first measurement (bench=quick: 1 + 10)
-LIE_SLEEP_S = 0.02
-
-
-@register("hostile_lies_once")
-def build_lies_once(problem):
-    """Forges its first LIES timed calls, then tells the truth: the first wall-clock check
-    fails, the retry (more repetitions, new walls alone) passes, and the trial is COMPLETE with
-    `wall_retried`: what an honest plugin that met a burst of load sees."""
-    from study.measure import runner
-
-    real = runner.Session.on_timed
-    told = []
-
-    def forged(self, payload):
-        reply = real(self, payload)
-        if "us" in reply and len(told) < LIES:
-            told.append(reply["us"])
-            reply["us"] = 1.0
-        return reply
-
-    def run(q, k, v):
-        runner.Session.on_timed = forged
-        time.sleep(LIE_SLEEP_S)
         return honest(problem, q, k, v)
 
     return run

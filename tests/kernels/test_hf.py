@@ -139,6 +139,7 @@ def generate(model, ids, mask=None):
             ids,
             attention_mask=torch.ones_like(ids) if mask is None else mask,
             max_new_tokens=NEW,
+            min_new_tokens=NEW,  # a random model may emit its end token early: every step runs
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,

@@ -108,9 +108,6 @@ COMPLETE_PROOF = {
     "hostile_burn_baseline": lambda attrs: (
         "while the baseline ran" in attrs.get("baseline_interference", "")
     ),
-    # its first measurement forged, the retry's truthful: retried with more repetitions
-    # (RETRY_REPS x bench=quick's min_reps of 3 at least), and judged by the retry alone
-    "hostile_lies_once": lambda attrs: attrs.get("wall_retried") is True and attrs["reps"] >= 9,
 }
 HONEST = [
     "hostile_control_honest",

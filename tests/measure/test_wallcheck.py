@@ -134,3 +134,32 @@ def test_slowdown_needs_samples_apart() -> None:
     ratio, apart = wallcheck.slowdown([5.0, 30.0, 6.0, 40.0], [10.0, 11.0, 9.0, 12.0])
     assert ratio > 1.3 and not apart
     assert wallcheck.slowdown([], [1.0]) == (None, False)
+
+
+def test_too_few_calls_to_rule_out_chance_is_its_own_rejection() -> None:
+    """Four calls a side (a measurement cut short by its time cap on a loaded machine): no
+    relabelling test can rule chance out at ALPHA, so a lie there is TooFewCalls, the harness's
+    cue to measure again with more calls, where it is rejected outright."""
+    real = [20000.0] * 4
+    forged = [(1.0, t + 700) for t in real]  # 20 ms a call hidden
+    with pytest.raises(wallcheck.TooFewCalls) as info:
+        wallcheck.check(forged, calls(real, 700))
+    assert info.value.check == "timing_inconsistent" and "too few" in info.value.detail
+    assert not wallcheck.decisive(4, 4) and wallcheck.decisive(11, 11)
+    more = [20000.0] * 11
+    detail = rejected([(1.0, t + 700) for t in more], calls(more, 700))
+    assert "too few" not in detail
+    wallcheck.check(calls(real, 700, 1, 50), calls(real, 700, 2, 50))  # honest: passes as before
+
+
+def test_the_retry_measures_enough_calls_to_decide() -> None:
+    """harness.more_reps: a retried wall-clock check gets RETRY_REPS times the repetitions,
+    blocks and time, and at least enough calls a side for the check to be decisive."""
+    from study.measure import harness
+
+    quick = {"min_reps": 3, "max_reps": 10, "time_cap_s": 0.5, "b2b_blocks": 2, "warmup": 1}
+    more = harness.more_reps(quick)
+    assert more == quick | {"min_reps": 10, "max_reps": 30, "time_cap_s": 1.5, "b2b_blocks": 6}
+    calls = more["min_reps"] + quick["warmup"]
+    assert wallcheck.decisive(calls, calls) and wallcheck.decisive(more["b2b_blocks"], calls)
+    assert harness.more_reps(quick | {"b2b_blocks": 0})["b2b_blocks"] == 0
