@@ -3,14 +3,12 @@ replay after. Apart from the mutations so that each module stays one job."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from kernels._cudart import Runner
 from kernels._problem import Problem
-
-Runner = Callable[..., torch.Tensor]
 
 
 def buffer_key(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:

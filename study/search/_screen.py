@@ -286,7 +286,8 @@ class PoolScreen:
             if self._start == "default" and self._default is not None and fresh[self._default]:
                 return dict(pool[self._default][0])
             return dict(pool[int(self._rng.choice(rows))][0])
-        if [r for r, _ in observed] == [self._default]:  # the default alone: a draw, as before
+        if self._start == "default" and [r for r, _ in observed] == [self._default]:
+            # the default alone measured: the uniform draw the search started from before
             return dict(pool[int(self._rng.choice(np.flatnonzero(fresh)))][0])
         gain = self._score(observed, rows)
         best = int(np.lexsort((self._rng.random(len(rows)), -gain))[0])

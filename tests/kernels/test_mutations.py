@@ -164,7 +164,9 @@ def test_threads_bring_the_restored_pool_up_inside_the_call(tmp_path) -> None:
         pytest.skip("no /proc/<pid>/task/<tid>/schedstat here")
     script = tmp_path / "pool_probe.py"
     script.write_text(POOL_PROBE)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    # passive waits: a pool thread sleeps as soon as a region ends, never spins on into the
+    # control's window (a spinning thread preempted on a loaded machine is scheduled later)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE")
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )

@@ -21,17 +21,19 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-@pytest.fixture(scope="module")
-def space():
+def cpu_space(variants: list[str], mutations: dict[str, list], seq: int = 512):
+    """A space of built-in variants for a small CPU problem, every variant supported."""
     problem = kernels.Problem(
-        batch=1, heads_q=2, heads_kv=2, seq_q=512, seq_kv=512, head_dim=16,
+        batch=1, heads_q=2, heads_kv=2, seq_q=seq, seq_kv=seq, head_dim=16,
         dtype="float32", causal=False, device="cpu",
     )  # fmt: skip
-    cfg = {
-        "variants": ["plain", "chunked"],
-        "mutations": {"layout": ["bhsd", "bshd"], "threads": [0, 1]},
-    }
+    cfg = {"variants": variants, "mutations": mutations}
     return build_space(problem, cfg, kernels.variants(), lambda names: {n: None for n in names})
+
+
+@pytest.fixture(scope="module")
+def space():
+    return cpu_space(["plain", "chunked"], {"layout": ["bhsd", "bshd"], "threads": [0, 1]})
 
 
 def fake_objective(space):
@@ -122,17 +124,7 @@ def test_a_live_space_names_sdpa_at_its_defaults(space) -> None:
     """The default sampler's first pick (study/search/_screen.py): SDPA as a model calls it,
     where the space offers it; none in a space without the sdpa variant."""
     assert space.default_index() is None  # plain and chunked only
-    problem = kernels.Problem(
-        batch=1, heads_q=2, heads_kv=2, seq_q=64, seq_kv=64, head_dim=16,
-        dtype="float32", causal=False, device="cpu",
-    )  # fmt: skip
-    cfg = {
-        "variants": ["sdpa", "plain"],
-        "mutations": {"layout": ["bshd", "bhsd"], "threads": [1, 0]},
-    }
-    with_sdpa = build_space(
-        problem, cfg, kernels.variants(), lambda names: {n: None for n in names}
-    )
+    with_sdpa = cpu_space(["sdpa", "plain"], {"layout": ["bshd", "bhsd"], "threads": [1, 0]}, 64)
     index = with_sdpa.default_index()
     assert index is not None
     assert with_sdpa.candidates()[index].to_dict() == {
