@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hopper_compile.py [--problems small,llama3_8b_prefill,long_hd128,decode]
         [--dtypes float16,bfloat16] [--spaces triton,full] [--sample N] [--seed S] [--workers 2]
-        [--triton DIR] [--out bench/results/hopper_compile.md] [override ...]
+        [--triton DIR] [--out bench/results/hopper_compile.md] [--keep FILE] [override ...]
 
 For each suite problem (conf/problem/), in each dtype, the configurations are those a study of
 each space would search on an sm_90 GPU: the space's choices for triton_flash (its
@@ -23,6 +23,12 @@ on 2 cores; `--workers` runs compiles in parallel). `--sample N` takes N configu
 problem and dtype at random (`--seed`; sample() says how) and every kept configuration one
 switch away from each: what the CI test compiles. `--triton DIR` runs with the Triton installed
 in DIR (e.g. the GPU image's 3.6: `pip install --no-deps --target DIR triton==3.6.0`).
+`--keep FILE` stores each compile's result (PTX digest, shared memory, wgmma, bulk copies, or
+the compiler's reason) as it is made, under a name that hashes the kernel source, the launch,
+the options, the Triton version and the target, and takes those an earlier run stored: the full
+run is hours on 2 cores, and goes on where a killed one stopped, in a later session too
+(bench/results/hopper_compile_kept.jsonl is the project's, committed; a kernel change renames
+every entry, so stale ones are never read).
 Exit status 1 if a check fails, 2 for a mistake in the arguments.
 """
 
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import json
 import os
 import platform
 import random
@@ -38,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +168,68 @@ def sample(case: Case, n: int, rng: random.Random) -> list[dict[str, Any]]:
     return list(picked.values())
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A compile result as `--keep` stores it: what the checks read of a Compiled."""
+
+    digest: str
+    shared: int
+    wgmma: bool
+    bulk_tensor: bool
+    seconds: float
+
+
+def _job_id(compiler: Any, key: str) -> str:
+    """The stored name of a compile: its input (kernel source, launch, options), the Triton
+    version and the target, hashed. A change to the kernel or the compiler is a new name."""
+    import triton
+
+    text = f"{triton.__version__}|sm_{compiler.target.arch}|{key}"
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def load_kept(path: Path | None) -> dict[str, Kept | str]:
+    """What earlier runs compiled (`--keep FILE`, one JSON object a line): id -> Kept | reason.
+    A line cut short by a killed run is skipped."""
+    if path is None or not path.exists():
+        return {}
+    out: dict[str, Kept | str] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            out[row["id"]] = row["failed"] if "failed" in row else Kept(**row["kept"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _kept_line(job_id: str, result: Any) -> str:
+    from kernels.builtin import _triton_aot as aot
+
+    if isinstance(result, aot.Compiled):
+        kept = Kept(result.digest, result.shared, result.wgmma, result.bulk_tensor, result.seconds)
+        return json.dumps({"id": job_id, "kept": asdict(kept)})
+    return json.dumps({"id": job_id, "failed": str(result)})
+
+
 def compile_cases(
-    cases: list[tuple[Case, list[dict[str, Any]]]], workers: int, verbose: bool = False
+    cases: list[tuple[Case, list[dict[str, Any]]]],
+    workers: int,
+    verbose: bool = False,
+    keep: Path | None = None,
 ) -> tuple[dict[tuple[str, str], Any], dict[str, float]]:
-    """Compile each distinct launch once. Returns (case label, params key) -> Compiled | reason,
-    and timing figures."""
+    """Compile each distinct launch once. Returns (case label, params key) -> Compiled | Kept |
+    reason, and timing figures.
+
+    With `keep`, results stored there by earlier runs are taken as they are and every new one
+    is appended as soon as it is compiled: the full run (hours on 2 cores) goes on where a
+    killed one stopped, in this session or a later one."""
     from kernels.builtin import _triton_aot as aot
 
     compiler = aot.Compiler()
+    stored = load_kept(keep)
     unique: dict[str, int] = {}
+    ids: list[str] = []
     jobs: list[aot.Job] = []
     where: dict[tuple[str, str], int] = {}
     for case, configs in cases:
@@ -177,21 +238,43 @@ def compile_cases(
             if key not in unique:
                 unique[key] = len(jobs)
                 jobs.append((case.problem, params))
+                ids.append(_job_id(compiler, key))
             where[(case.label, _key(params))] = unique[key]
+    todo = [i for i, job_id in enumerate(ids) if job_id not in stored]
+    if verbose and keep is not None:
+        print(f"  {len(jobs) - len(todo)}/{len(jobs)} taken from {keep}", file=sys.stderr)
     start = time.perf_counter()
     done = [0]
+    sink = None
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        cut = keep.exists() and keep.stat().st_size and not keep.read_bytes().endswith(b"\n")
+        sink = keep.open("a")
+        if cut:  # a line a killed run left unfinished: the next one starts on its own line
+            sink.write("\n")
 
     def progress(index: int, result: Any) -> None:
         done[0] += 1
-        if verbose and (done[0] % 50 == 0 or done[0] == len(jobs)):
-            print(f"  {done[0]}/{len(jobs)} compiled", file=sys.stderr, flush=True)
+        if sink is not None:
+            sink.write(_kept_line(ids[todo[index]], result) + "\n")
+            sink.flush()
+        if verbose and (done[0] % 50 == 0 or done[0] == len(todo)):
+            print(f"  {done[0]}/{len(todo)} compiled", file=sys.stderr, flush=True)
 
-    results = aot.compile_many(jobs, workers=workers, progress=progress)
+    try:
+        fresh = aot.compile_many([jobs[i] for i in todo], workers=workers, progress=progress)
+    finally:
+        if sink is not None:
+            sink.close()
+    results: list[Any] = [stored.get(job_id) for job_id in ids]
+    for i, result in zip(todo, fresh, strict=True):
+        results[i] = result
     wall = time.perf_counter() - start
-    seconds = [r.seconds for r in results if isinstance(r, aot.Compiled)]
+    seconds = [r.seconds for r in results if isinstance(r, aot.Compiled | Kept)]
     timing = {
         "configs": float(len(where)),
         "compiles": float(len(jobs)),
+        "stored": float(len(jobs) - len(todo)),
         "wall_s": wall,
         "median_s": statistics.median(seconds) if seconds else 0.0,
         "max_s": max(seconds) if seconds else 0.0,
@@ -210,7 +293,7 @@ def check(
         half = case.problem.dtype.itemsize == 2
         for params in configs:
             result = results[(case.label, _key(params))]
-            if not isinstance(result, aot.Compiled):
+            if not isinstance(result, aot.Compiled | Kept):
                 found.failed.append((case.label, params, result))
                 continue
             if result.shared > aot.SM90.shared_per_block:
@@ -222,7 +305,8 @@ def check(
             for switch, other in neighbours(params, case.choices):
                 twin = results.get((case.label, _key(other)))
                 later = _key(params) < _key(other)  # each pair once
-                if later and isinstance(twin, aot.Compiled) and twin.ptx == result.ptx:
+                same = isinstance(twin, aot.Compiled | Kept) and twin.digest == result.digest
+                if later and same:
                     found.labels.append((case.label, switch, params, other))
     return found
 
@@ -254,7 +338,8 @@ def report(
     ]
     for case, configs in cases:
         got = [results[(case.label, _key(p))] for p in configs]
-        ok = [(p, r) for p, r in zip(configs, got, strict=True) if isinstance(r, aot.Compiled)]
+        done = (aot.Compiled, Kept)
+        ok = [(p, r) for p, r in zip(configs, got, strict=True) if isinstance(r, done)]
         big = [p for p, _ in ok if p["BLOCK_M"] >= 64]
         wg = sum(1 for p, r in ok if p["BLOCK_M"] >= 64 and r.wgmma)
         tma = [r for p, r in ok if p["tma"]]
@@ -268,7 +353,8 @@ def report(
     lines += [
         "",
         f"{int(timing['configs'])} configurations, {int(timing['compiles'])} distinct compiles "
-        f"in {timing['wall_s']:.0f} s wall; one compile: median {timing['median_s']:.2f} s, "
+        + (f"({int(timing['stored'])} stored by earlier runs) " if timing.get("stored") else "")
+        + f"in {timing['wall_s']:.0f} s wall; one compile: median {timing['median_s']:.2f} s, "
         f"max {timing['max_s']:.2f} s.",
         "",
     ]
@@ -298,6 +384,7 @@ def run(
     seed: int,
     workers: int,
     verbose: bool = False,
+    keep: Path | None = None,
 ) -> tuple[list[tuple[Case, list[dict[str, Any]]]], dict, Findings, dict[str, float]]:
     rng = random.Random(seed)
     cases = []
@@ -306,7 +393,7 @@ def run(
             case = space_case(name, dtype, spaces, overrides)
             chosen = case.configs if n_sample is None else sample(case, n_sample, rng)
             cases.append((case, chosen))
-    results, timing = compile_cases(cases, workers, verbose)
+    results, timing = compile_cases(cases, workers, verbose, keep)
     return cases, results, check(cases, results), timing
 
 
@@ -355,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton", default=None, help="a directory holding another Triton")
     parser.add_argument("--out", default=None, help="append the table to this markdown file")
     parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="store each compile's result in this file and take those stored by earlier runs",
+    )
+    parser.add_argument(
         "--plan", action="store_true", help="count the configurations, compile nothing"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. problem.head_dim=64")
@@ -378,9 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     try:
-        cases, results, found, timing = run(
-            problems, dtypes, spaces, args.overrides, args.sample, args.seed, args.workers, True
-        )
+        chosen = (problems, dtypes, spaces, args.overrides, args.sample, args.seed)
+        cases, results, found, timing = run(*chosen, args.workers, True, args.keep)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
