@@ -179,6 +179,13 @@ class Kept:
     seconds: float
 
 
+def _made(result: Any) -> bool:
+    """Compiled now or stored by an earlier run (not a failure's reason)."""
+    from kernels.builtin import _triton_aot as aot
+
+    return isinstance(result, aot.Compiled | Kept)
+
+
 def _job_id(compiler: Any, key: str) -> str:
     """The stored name of a compile: its input (kernel source, launch, options), the Triton
     version and the target, hashed. A change to the kernel or the compiler is a new name."""
@@ -248,7 +255,11 @@ def compile_cases(
     sink = None
     if keep is not None:
         keep.parent.mkdir(parents=True, exist_ok=True)
-        cut = keep.exists() and keep.stat().st_size and not keep.read_bytes().endswith(b"\n")
+        cut = False
+        if keep.exists() and keep.stat().st_size:
+            with keep.open("rb") as tail:
+                tail.seek(-1, os.SEEK_END)
+                cut = tail.read(1) != b"\n"
         sink = keep.open("a")
         if cut:  # a line a killed run left unfinished: the next one starts on its own line
             sink.write("\n")
@@ -270,7 +281,7 @@ def compile_cases(
     for i, result in zip(todo, fresh, strict=True):
         results[i] = result
     wall = time.perf_counter() - start
-    seconds = [r.seconds for r in results if isinstance(r, aot.Compiled | Kept)]
+    seconds = [r.seconds for r in results if _made(r)]
     timing = {
         "configs": float(len(where)),
         "compiles": float(len(jobs)),
@@ -293,7 +304,7 @@ def check(
         half = case.problem.dtype.itemsize == 2
         for params in configs:
             result = results[(case.label, _key(params))]
-            if not isinstance(result, aot.Compiled | Kept):
+            if not _made(result):
                 found.failed.append((case.label, params, result))
                 continue
             if result.shared > aot.SM90.shared_per_block:
@@ -305,8 +316,7 @@ def check(
             for switch, other in neighbours(params, case.choices):
                 twin = results.get((case.label, _key(other)))
                 later = _key(params) < _key(other)  # each pair once
-                same = isinstance(twin, aot.Compiled | Kept) and twin.digest == result.digest
-                if later and same:
+                if later and _made(twin) and twin.digest == result.digest:
                     found.labels.append((case.label, switch, params, other))
     return found
 
@@ -324,8 +334,6 @@ def report(
 ) -> str:
     import triton
 
-    from kernels.builtin import _triton_aot as aot
-
     lines = [
         f"## triton_flash compiled for sm_90 ({dt.date.today().isoformat()}, Triton "
         f"{triton.__version__}, {platform.machine()}, {os.cpu_count()} CPUs)",
@@ -338,8 +346,7 @@ def report(
     ]
     for case, configs in cases:
         got = [results[(case.label, _key(p))] for p in configs]
-        done = (aot.Compiled, Kept)
-        ok = [(p, r) for p, r in zip(configs, got, strict=True) if isinstance(r, done)]
+        ok = [(p, r) for p, r in zip(configs, got, strict=True) if _made(r)]
         big = [p for p, _ in ok if p["BLOCK_M"] >= 64]
         wg = sum(1 for p, r in ok if p["BLOCK_M"] >= 64 and r.wgmma)
         tma = [r for p, r in ok if p["tma"]]

@@ -26,6 +26,7 @@ co-load, as the 2026-12-02T02:34 table shows. The wall time of each study is in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -201,10 +202,7 @@ def main() -> int:
             "|---|---|---|---|---|",
         )
         for load in (False, True):
-            if load:
-                with CoLoad(args.busy, args.idle):
-                    figures = order_effect(args.order_reps)
-            else:
+            with CoLoad(args.busy, args.idle) if load else contextlib.nullcontext():
                 figures = order_effect(args.order_reps)
             for wake in (False, True):
                 names = ("SDPA", "no-op", "1 ms spin")
@@ -226,10 +224,7 @@ def main() -> int:
                 for run in range(1, args.runs + 1):
                     machine = "co-loaded" if load else "quiet"
                     tag = f"{problem}-{machine}-{run}"
-                    if load:
-                        with CoLoad(args.busy, args.idle):
-                            got = one_study(problem, args.trials, args.bench, Path(tmp), tag)
-                    else:
+                    with CoLoad(args.busy, args.idle) if load else contextlib.nullcontext():
                         got = one_study(problem, args.trials, args.bench, Path(tmp), tag)
                     if "error" in got:
                         row = f"| {problem} | {machine} | {run} | error: {got['error']} | | | | "

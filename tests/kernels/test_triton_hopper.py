@@ -298,7 +298,7 @@ def test_kept_results_let_a_killed_full_run_go_on(tmp_path, monkeypatch):
     lines = keep.read_text().splitlines()
     assert len(lines) == 2
     keep.write_text(lines[0] + "\n" + lines[1][:15])  # killed while writing the second
-    second, timing = hc.compile_cases([(case, configs)], workers=2, keep=keep)
+    _, timing = hc.compile_cases([(case, configs)], workers=2, keep=keep)
     assert timing["stored"] == 1
 
     def no_compiles(jobs, **kwargs):
