@@ -483,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    how = " ".join(a for a in argv if not a.startswith("--out"))
+    # The command as run, less where its table goes ("--out FILE" or "--out=FILE").
+    how = " ".join(
+        a for i, a in enumerate(argv) if not a.startswith("--out") and argv[i - 1 : i] != ["--out"]
+    )
     text = report(cases, results, found, timing, how or "(all)")
     print(text)
     if args.out:
